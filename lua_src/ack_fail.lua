@@ -1,0 +1,28 @@
+-- ack_fail: a leased job raised; retry after backoff_ms or fail for good.
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     job_id, now_ms ("0" = server clock), lease_token, [error text, at most
+--          4096 bytes kept as last_error]
+-- Reply    {"RETRY", due_ms} (due = now + backoff_ms) | {"FAILED"} when attempt >= max_attempts
+-- Errors   TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE
+--@include base
+--@include lanes
+local MAX_ERROR_BYTES = 4096
+local job_id = ARGV[1] or ""
+local now = now_or_server(ARGV[2])
+local token = ARGV[3]
+local error_text = ARGV[4] or ""
+
+local err = check_lease(job_id, token)
+if err then return {"ERR", err} end
+
+redis.call("ZREM", K_ACTIVE, job_id)
+local k_job = job_key(job_id)
+if error_text ~= "" then
+  redis.call("HSET", k_job, "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+    "last_error_ms", now)
+end
+left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+local due = retry_or_fail(job_id, now)
+stat_times(now, "last_finish_ms")
+if due then return {"RETRY", tostring(due)} end
+return {"FAILED"}

@@ -1,0 +1,21 @@
+-- ack_success: a leased job finished; it moves to completed (newest 100 kept).
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     job_id, now_ms ("0" = server clock), lease_token
+-- Reply    {"OK"}
+-- Errors   TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE
+--@include base
+--@include lanes
+local job_id = ARGV[1] or ""
+local now = now_or_server(ARGV[2])
+local token = ARGV[3]
+
+local err = check_lease(job_id, token)
+if err then return {"ERR", err} end
+
+redis.call("ZREM", K_ACTIVE, job_id)
+local k_job = job_key(job_id)
+redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
+left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+enter_completed(job_id, now)
+stat_times(now, "last_finish_ms")
+return {"OK"}

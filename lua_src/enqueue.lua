@@ -1,0 +1,41 @@
+-- enqueue: publish one job to its wait lane, its group's lane, or delayed.
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     job_id, payload, max_attempts, timeout_ms, backoff_ms, now_ms ("0" = server
+--          clock), due_ms (> now = delayed), gid ("" = ungrouped), group_limit (> 0 sets
+--          the group's limit only if none is set yet)
+-- Reply    {"OK", job_id}; {"OK", job_id, "EXISTS"} when the job hash already exists
+--          (idempotent publish: nothing changes)
+-- Errors   {"ERR", "BAD_JOB_ID"} for an empty job id
+--@include base
+--@include lanes
+local job_id = ARGV[1] or ""
+local payload = ARGV[2] or ""
+local max_attempts = to_int(ARGV[3] or "1")
+local timeout_ms = to_int(ARGV[4] or "60000")
+local backoff_ms = to_int(ARGV[5] or "5000")
+local now = now_or_server(ARGV[6])
+local due_ms = to_int(ARGV[7])
+local gid = ARGV[8] or ""
+local limit = to_int(ARGV[9])
+
+if job_id == "" then return {"ERR", "BAD_JOB_ID"} end
+local k_job = job_key(job_id)
+if redis.call("EXISTS", k_job) == 1 then return {"OK", job_id, "EXISTS"} end
+
+redis.call("HSET", k_job, "id", job_id, "payload", payload, "attempt", "0",
+  "max_attempts", max_attempts, "timeout_ms", timeout_ms, "backoff_ms", backoff_ms,
+  "created_ms", now, "queued_ms", now, "first_started_ms", "", "last_started_ms", "",
+  "completed_ms", "", "failed_ms", "")
+if gid ~= "" then
+  redis.call("HSET", k_job, "gid", gid)
+  redis.call("SET", base .. ":has_groups", "1")
+  if limit > 0 then redis.call("SET", group_key(gid, "limit"), limit, "NX") end
+end
+
+if due_ms > now then
+  enter_delayed(job_id, due_ms, now)
+else
+  enter_wait(job_id, gid, now)
+end
+stat_times(now, "last_enqueue_ms")
+return {"OK", job_id}

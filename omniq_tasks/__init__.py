@@ -1,0 +1,33 @@
+"""omniq-tasks: typed Python tasks on the OmniQ v1 protocol (Redis + Lua)."""
+
+from .client import OmniqClient, connect, new_job_id
+from .errors import (
+    AlreadyInitializedError, BadArgsError, BadExpectedError, BadJobIdError, BadLaneError,
+    BatchTooLargeError, ChildRequiredError, InvalidNameError, JobActiveError, LaneMismatchError,
+    LeaseLostError, NoCounterError, NoExpectedError, NoJobError, NotActiveError, NotFailedError,
+    NotInLaneError, OmniqError, PayloadError, PayloadTooLargeError, ProtocolError,
+    TokenMismatchError, TokenRequiredError, UnexpectedReplyError,
+)
+from .models import (
+    AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
+    ReservedJob, ReserveResult,
+)
+from .scripts import scripts_dir
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # client
+    "OmniqClient", "connect", "new_job_id", "scripts_dir",
+    # results
+    "AckFailResult", "BatchItem", "JobInfo", "Published", "QueueEmpty", "QueuePaused",
+    "QueueStats", "ReservedJob", "ReserveResult",
+    # errors
+    "OmniqError", "InvalidNameError", "PayloadError", "PayloadTooLargeError", "ProtocolError",
+    "UnexpectedReplyError", "LeaseLostError", "TokenRequiredError", "TokenMismatchError",
+    "NotActiveError", "NoJobError", "NotFailedError", "JobActiveError", "LaneMismatchError",
+    "NotInLaneError", "BatchTooLargeError", "BadArgsError", "BadLaneError", "BadJobIdError",
+    "NoExpectedError", "BadExpectedError", "AlreadyInitializedError", "ChildRequiredError",
+    "NoCounterError",
+    "__version__",
+]

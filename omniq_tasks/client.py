@@ -1,0 +1,373 @@
+"""The OmniQ v1 operations in Python terms: typed results and one error family.
+
+:class:`OmniqClient` is the low-level client: every method is one protocol
+script call (or one read), with arguments checked before Redis is touched.
+``now_ms`` defaults to 0, which the scripts read as "use the Redis server clock"
+so that workers on machines with skewed clocks agree on leases; tests pass an
+explicit clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Sequence, Union
+
+import msgspec
+import redis as redis_lib
+from redis.cluster import RedisCluster
+from ulid import ULID
+
+from . import keys
+from .errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
+from .models import (
+    AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
+    ReservedJob, ReserveResult,
+)
+from .scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+RedisClient = Union[redis_lib.Redis, RedisCluster]
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+REMOVABLE_LANES = ("wait", "gwait", "delayed", "failed", "completed")
+_json_encode = msgspec.json.Encoder().encode
+
+
+def new_job_id() -> str:
+    """A new ULID job id (sortable by creation time)."""
+    return str(ULID())
+
+
+def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
+    """Open a redis-py client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
+
+    With ``cluster=True`` the URL names any node of a Redis Cluster.
+    """
+    if cluster:
+        return RedisCluster.from_url(url, **kwargs)
+    return redis_lib.Redis.from_url(url, **kwargs)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    text = _text(value)
+    return int(float(text)) if text else None
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class OmniqClient:
+    """Typed access to the OmniQ v1 scripts on one Redis (standalone or cluster).
+
+    ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``), an existing
+    ``redis.Redis`` / ``redis.cluster.RedisCluster``, or None for
+    ``redis://localhost:6379/0``.
+    """
+
+    def __init__(
+        self,
+        redis: str | RedisClient | None = None,
+        *,
+        cluster: bool = False,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if redis is None or isinstance(redis, str):
+            self.redis: RedisClient = connect(redis or "redis://localhost:6379/0", cluster=cluster)
+        elif isinstance(redis, (redis_lib.Redis, RedisCluster)):
+            self.redis = redis
+        else:
+            raise TypeError(f"redis must be a URL or a redis-py client, not {type(redis).__name__}")
+        self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
+        self.scripts = Scripts(self.redis)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.redis.close()
+
+    def __enter__(self) -> OmniqClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calling scripts -----------------------------------------------------
+
+    def _call(self, name: str, anchor: str, *args: Any) -> Any:
+        return self.scripts[name](keys=[anchor], args=args)
+
+    @staticmethod
+    def _raise_if_err(reply: Any, queue: str = "", job_id: str = "") -> list[Any]:
+        if not isinstance(reply, list) or not reply:
+            raise UnexpectedReplyError(None, repr(reply), queue=queue, job_id=job_id)
+        if _text(reply[0]) == "ERR":
+            detail = _text(reply[2]) if len(reply) > 2 else ""
+            raise protocol_error(_text(reply[1]) if len(reply) > 1 else "UNKNOWN", detail,
+                                 queue=queue, job_id=job_id)
+        return reply
+
+    # -- publishing ------------------------------------------------------------
+
+    def encode_payload(self, payload: Any) -> bytes:
+        """Encode a payload to JSON bytes; it must be a JSON object or array."""
+        try:
+            data = _json_encode(payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
+        if data[:1] not in (b"{", b"["):
+            raise PayloadError(
+                f"payload must be a JSON object or array (dict, list, Struct, dataclass), "
+                f"not {type(payload).__name__}"
+            )
+        return data
+
+    def publish(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        job_id: str | None = None,
+        max_attempts: int = 3,
+        timeout_ms: int = 30_000,
+        backoff_ms: int = 5_000,
+        due_ms: int = 0,
+        gid: str | None = None,
+        group_limit: int = 0,
+        now_ms: int = 0,
+    ) -> Published:
+        """Publish one job. ``payload`` must encode to a JSON object or array.
+
+        ``due_ms`` later than now makes it delayed; ``gid`` puts it in that group's
+        FIFO lane, and ``group_limit`` > 0 sets the group's limit if none is set yet.
+        Publishing an id that already exists changes nothing (``existed=True``).
+        """
+        return self.publish_json(
+            queue, self.encode_payload(payload), job_id=job_id, max_attempts=max_attempts,
+            timeout_ms=timeout_ms, backoff_ms=backoff_ms, due_ms=due_ms, gid=gid,
+            group_limit=group_limit, now_ms=now_ms,
+        )
+
+    def publish_json(
+        self,
+        queue: str,
+        payload_json: bytes | str,
+        *,
+        job_id: str | None = None,
+        max_attempts: int = 3,
+        timeout_ms: int = 30_000,
+        backoff_ms: int = 5_000,
+        due_ms: int = 0,
+        gid: str | None = None,
+        group_limit: int = 0,
+        now_ms: int = 0,
+    ) -> Published:
+        """Publish already-encoded JSON text (an object or array); see :meth:`publish`."""
+        anchor = keys.queue_anchor(queue)
+        data = payload_json.encode() if isinstance(payload_json, str) else payload_json
+        if not isinstance(data, bytes) or data.lstrip()[:1] not in (b"{", b"["):
+            raise PayloadError("payload_json must be the JSON text of an object or array")
+        if len(data) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"payload is {len(data)} bytes; the limit is {self.max_payload_bytes}"
+            )
+        if job_id is None:
+            job_id = new_job_id()
+        elif not isinstance(job_id, str) or not job_id or len(job_id) > 256:
+            raise ValueError(f"job_id must be a non-empty str of at most 256 chars, got {job_id!r}")
+        args = (
+            job_id, data,
+            _check_int("max_attempts", max_attempts, 1),
+            _check_int("timeout_ms", timeout_ms, 1),
+            _check_int("backoff_ms", backoff_ms, 0),
+            _check_int("now_ms", now_ms, 0),
+            _check_int("due_ms", due_ms, 0),
+            keys.validate_gid(gid) if gid is not None else "",
+            _check_int("group_limit", group_limit, 0),
+        )
+        reply = self._raise_if_err(self._call("enqueue", anchor, *args), queue, job_id)
+        return Published(queue=queue, job_id=_text(reply[1]), existed=len(reply) > 2)
+
+    # -- running jobs -------------------------------------------------------
+
+    def reserve(self, queue: str, *, now_ms: int = 0) -> ReserveResult:
+        """Lease the next runnable job: ReservedJob, QueueEmpty or QueuePaused."""
+        reply = self._raise_if_err(self._call("reserve", keys.queue_anchor(queue), now_ms), queue)
+        status = _text(reply[0])
+        if status == "EMPTY":
+            return QueueEmpty(queue)
+        if status == "PAUSED":
+            return QueuePaused(queue)
+        if status != "JOB" or len(reply) < 8:
+            raise UnexpectedReplyError(None, repr(reply), queue=queue)
+        return ReservedJob(
+            queue=queue, job_id=_text(reply[1]), payload=_text(reply[2]),
+            lock_until_ms=int(reply[3]), attempt=int(reply[4]), max_attempts=int(reply[5]),
+            gid=_text(reply[6]), lease_token=_text(reply[7]),
+        )
+
+    def heartbeat(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> int:
+        """Extend a lease; returns the new lock_until_ms."""
+        reply = self._raise_if_err(
+            self._call("heartbeat", keys.queue_anchor(queue), job_id, now_ms, lease_token),
+            queue, job_id)
+        return int(reply[1])
+
+    def ack_success(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> None:
+        """Mark a leased job completed."""
+        self._raise_if_err(
+            self._call("ack_success", keys.queue_anchor(queue), job_id, now_ms, lease_token),
+            queue, job_id)
+
+    def ack_fail(
+        self, queue: str, job_id: str, lease_token: str, *, error: str | None = None, now_ms: int = 0
+    ) -> AckFailResult:
+        """Report a failed run: the job retries after its backoff or fails for good.
+
+        ``error`` is stored as ``last_error`` (the script keeps at most 4096 bytes).
+        """
+        args: tuple[Any, ...] = (job_id, now_ms, lease_token)
+        if error:
+            args += (error,)
+        reply = self._raise_if_err(self._call("ack_fail", keys.queue_anchor(queue), *args),
+                                   queue, job_id)
+        if _text(reply[0]) == "RETRY":
+            return AckFailResult("RETRY", int(reply[1]))
+        return AckFailResult("FAILED")
+
+    # -- maintenance ----------------------------------------------------------
+
+    def promote_delayed(self, queue: str, *, max_promote: int = 1000, now_ms: int = 0) -> int:
+        """Move due delayed jobs to their wait lanes; returns how many moved."""
+        reply = self._raise_if_err(self._call(
+            "promote_delayed", keys.queue_anchor(queue), now_ms,
+            _check_int("max_promote", max_promote, 1)), queue)
+        return int(reply[1])
+
+    def reap_expired(self, queue: str, *, max_reap: int = 1000, now_ms: int = 0) -> int:
+        """End expired leases (retry or fail); returns how many were reaped."""
+        reply = self._raise_if_err(self._call(
+            "reap_expired", keys.queue_anchor(queue), now_ms,
+            _check_int("max_reap", max_reap, 1)), queue)
+        return int(reply[1])
+
+    def pause(self, queue: str) -> None:
+        """Stop new reserves on the queue; running jobs are untouched."""
+        self._call("pause", keys.queue_anchor(queue))
+
+    def resume(self, queue: str) -> bool:
+        """Allow reserves again; True if the queue was paused."""
+        return int(self._call("resume", keys.queue_anchor(queue))) == 1
+
+    def is_paused(self, queue: str) -> bool:
+        """True while the queue is paused."""
+        return bool(self.redis.exists(keys.paused_key(queue)))
+
+    def retry_failed(self, queue: str, job_id: str, *, now_ms: int = 0) -> None:
+        """Put a failed job back in its wait lane with attempt reset to 0."""
+        self._raise_if_err(
+            self._call("retry_failed", keys.queue_anchor(queue), job_id, now_ms), queue, job_id)
+
+    def retry_failed_batch(self, queue: str, job_ids: Sequence[str], *, now_ms: int = 0) -> list[BatchItem]:
+        """retry_failed for up to 100 ids; one BatchItem per id."""
+        ids = list(job_ids)
+        reply = self._call("retry_failed_batch", keys.queue_anchor(queue), now_ms, len(ids), *ids)
+        return self._batch_items(reply, queue)
+
+    def remove_job(self, queue: str, job_id: str, lane: str, *, now_ms: int = 0) -> None:
+        """Delete a job that is not running from ``lane`` (wait, gwait, delayed, failed, completed)."""
+        self._raise_if_err(
+            self._call("remove_job", keys.queue_anchor(queue), job_id, lane, now_ms), queue, job_id)
+
+    def remove_jobs_batch(
+        self, queue: str, lane: str, job_ids: Sequence[str], *, now_ms: int = 0
+    ) -> list[BatchItem]:
+        """remove_job for up to 100 ids of one lane; one BatchItem per id."""
+        ids = list(job_ids)
+        reply = self._call("remove_jobs_batch", keys.queue_anchor(queue), lane, len(ids), *ids, now_ms)
+        return self._batch_items(reply, queue)
+
+    def _batch_items(self, reply: Any, queue: str) -> list[BatchItem]:
+        if reply == []:
+            return []
+        reply = self._raise_if_err(reply, queue)
+        items, i = [], 0
+        while i + 1 < len(reply):
+            job_id, status = _text(reply[i]), _text(reply[i + 1])
+            if status == "ERR":
+                items.append(BatchItem(job_id, False, _text(reply[i + 2])))
+                i += 3
+            else:
+                items.append(BatchItem(job_id, True))
+                i += 2
+        return items
+
+    # -- fan-in counters ----------------------------------------------------------
+
+    def childs_init(self, key: str, expected: int) -> None:
+        """Start a fan-in counter expecting ``expected`` children."""
+        self._raise_if_err(self._call("childs_init", keys.child_anchor(key),
+                                      _check_int("expected", expected, 1)))
+
+    def child_ack(self, key: str, child_id: str) -> int:
+        """Count one child as done (idempotent per child id); returns how many remain."""
+        if not isinstance(child_id, str) or not child_id:
+            raise ValueError("child_id must be a non-empty str")
+        reply = self._raise_if_err(self._call("child_ack", keys.child_anchor(key), child_id))
+        return int(reply[1])
+
+    # -- reads ---------------------------------------------------------------------
+
+    def stats(self, queue: str) -> QueueStats:
+        """The queue's counters and times (zeros for a queue never used)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.stats_key(queue))
+        pipe.exists(keys.paused_key(queue))
+        raw, paused = pipe.execute()
+        fields = {_text(k): _int_or_none(v) or 0 for k, v in raw.items()}
+        known = {f: fields[f] for f in QueueStats.__struct_fields__ if f in fields}
+        known.pop("queue", None)
+        known.pop("paused", None)
+        return QueueStats(queue=queue, paused=bool(paused), **known)
+
+    def list_queues(self) -> list[str]:
+        """Every queue that has a ``{Q}:stats`` hash, sorted (a SCAN, no registry key)."""
+        found = set()
+        for key in self.redis.scan_iter(match="*:stats", count=1000):
+            name = keys.queue_from_stats_key(_text(key))
+            if name:
+                found.add(name)
+        return sorted(found)
+
+    def job(self, queue: str, job_id: str) -> JobInfo | None:
+        """The job hash, typed; None when no such job exists."""
+        raw = self.redis.hgetall(keys.job_key(queue, job_id))
+        if not raw:
+            return None
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        times = ("created_ms", "updated_ms", "queued_ms", "first_started_ms", "last_started_ms",
+                 "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
+        return JobInfo(
+            queue=queue, id=h.get("id", job_id), state=h.get("state", ""),
+            payload=h.get("payload", ""), attempt=int(h.get("attempt") or 0),
+            max_attempts=int(h.get("max_attempts") or 0), timeout_ms=int(h.get("timeout_ms") or 0),
+            backoff_ms=int(h.get("backoff_ms") or 0), gid=h.get("gid", ""),
+            lease_token=h.get("lease_token", ""), last_error=h.get("last_error", ""),
+            **{t: _int_or_none(h.get(t)) for t in times},
+        )
+
+    def iter_ids(self, queue: str, lane: str) -> Iterable[str]:
+        """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed)."""
+        if lane not in keys.LANES:
+            raise ValueError(f"lane must be one of {keys.LANES}, got {lane!r}")
+        for member in self.redis.zrange(keys.idx_key(queue, lane), 0, -1):
+            yield _text(member)

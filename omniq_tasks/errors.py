@@ -1,0 +1,175 @@
+"""Every public exception of omniq-tasks, under one root: :class:`OmniqError`.
+
+Protocol errors carry the contract's reason word unchanged in ``.reason`` and
+each reason has its own subclass, so callers can catch exactly what they expect::
+
+    try:
+        client.ack_success("emails", job.job_id, job.lease_token)
+    except LeaseLostError:
+        ...  # TOKEN_MISMATCH or NOT_ACTIVE: someone else owns the job now
+"""
+
+from __future__ import annotations
+
+
+class OmniqError(Exception):
+    """Raised for anything omniq-tasks refuses or cannot do; the root of all others."""
+
+
+class InvalidNameError(OmniqError, ValueError):
+    """Raised when a queue name, group id or child-counter key breaks the naming rules."""
+
+
+class PayloadError(OmniqError, TypeError):
+    """Raised when a payload is not a JSON object or array, or cannot be encoded."""
+
+
+class PayloadTooLargeError(OmniqError, ValueError):
+    """Raised when an encoded payload is larger than the configured limit."""
+
+
+class ProtocolError(OmniqError):
+    """Raised when a script answers ``{"ERR", REASON}``; ``.reason`` is that word."""
+
+    reason: str = "UNKNOWN"
+
+    def __init__(self, reason: str | None = None, detail: str = "", *, queue: str = "", job_id: str = "") -> None:
+        if reason is not None:
+            self.reason = reason
+        self.detail = detail
+        self.queue = queue
+        self.job_id = job_id
+        where = " ".join(part for part in (f"queue={queue}" if queue else "", f"job={job_id}" if job_id else "") if part)
+        text = self.reason + (f" {detail}" if detail else "") + (f" ({where})" if where else "")
+        super().__init__(text)
+
+
+class UnexpectedReplyError(ProtocolError):
+    """Raised when a script answers something the protocol does not describe."""
+
+    reason = "UNEXPECTED_REPLY"
+
+
+class LeaseLostError(ProtocolError):
+    """Raised when a heartbeat or ack finds the lease gone (base of TOKEN_MISMATCH, NOT_ACTIVE)."""
+
+
+class TokenRequiredError(ProtocolError):
+    """Raised when a heartbeat or ack is sent without a lease token."""
+
+    reason = "TOKEN_REQUIRED"
+
+
+class TokenMismatchError(LeaseLostError):
+    """Raised when the lease token is not the job's current one (the job was re-leased)."""
+
+    reason = "TOKEN_MISMATCH"
+
+
+class NotActiveError(LeaseLostError):
+    """Raised when the job is no longer in the active lane (reaped or already acked)."""
+
+    reason = "NOT_ACTIVE"
+
+
+class NoJobError(ProtocolError):
+    """Raised when no job hash exists for the id."""
+
+    reason = "NO_JOB"
+
+
+class NotFailedError(ProtocolError):
+    """Raised when retry_failed is asked for a job that is not in the failed state."""
+
+    reason = "NOT_FAILED"
+
+
+class JobActiveError(ProtocolError):
+    """Raised when removing a job that is running."""
+
+    reason = "ACTIVE"
+
+
+class LaneMismatchError(ProtocolError):
+    """Raised when the job's state does not match the lane named for removal."""
+
+    reason = "LANE_MISMATCH"
+
+
+class NotInLaneError(ProtocolError):
+    """Raised when the job's state matches the lane but its id is not in that lane."""
+
+    reason = "NOT_IN_LANE"
+
+
+class BatchTooLargeError(ProtocolError):
+    """Raised when a batch names more ids than the script accepts (``detail`` is the max)."""
+
+    reason = "BATCH_TOO_LARGE"
+
+
+class BadArgsError(ProtocolError):
+    """Raised when a script got fewer arguments than its count says."""
+
+    reason = "BAD_ARGS"
+
+
+class BadLaneError(ProtocolError):
+    """Raised when a batch removal names an unknown lane."""
+
+    reason = "BAD_LANE"
+
+
+class BadJobIdError(ProtocolError):
+    """Raised when a job id is empty."""
+
+    reason = "BAD_JOB_ID"
+
+
+class NoExpectedError(ProtocolError):
+    """Raised when childs_init is called without an expected count."""
+
+    reason = "NO_EXPECTED"
+
+
+class BadExpectedError(ProtocolError):
+    """Raised when childs_init's expected count is not a positive integer."""
+
+    reason = "BAD_EXPECTED"
+
+
+class AlreadyInitializedError(ProtocolError):
+    """Raised when childs_init finds the counter already running."""
+
+    reason = "ALREADY_INIT"
+
+
+class ChildRequiredError(ProtocolError):
+    """Raised when child_ack is called without a child id."""
+
+    reason = "CHILD_REQUIRED"
+
+
+class NoCounterError(ProtocolError):
+    """Raised when child_ack finds no counter for the key (never initialised)."""
+
+    reason = "NO_COUNTER"
+
+
+_BY_REASON: dict[str, type[ProtocolError]] = {
+    cls.reason: cls
+    for cls in (
+        TokenRequiredError, TokenMismatchError, NotActiveError, NoJobError, NotFailedError,
+        JobActiveError, LaneMismatchError, NotInLaneError, BatchTooLargeError, BadArgsError,
+        BadLaneError, BadJobIdError, NoExpectedError, BadExpectedError,
+        AlreadyInitializedError, ChildRequiredError, NoCounterError,
+    )
+}
+
+
+def protocol_error(reason: str, detail: str = "", *, queue: str = "", job_id: str = "") -> ProtocolError:
+    """Build the exception for a reason word (an unknown word keeps the base class)."""
+    cls = _BY_REASON.get(reason)
+    if cls is None:
+        return ProtocolError(reason, detail, queue=queue, job_id=job_id)
+    return cls(None, detail, queue=queue, job_id=job_id)

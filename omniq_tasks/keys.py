@@ -1,0 +1,123 @@
+"""The only place Redis key strings are built, and the naming rules they rely on.
+
+Key map (``Q`` is the queue name; every key of a queue shares the hash tag
+``{Q}`` so a whole queue lives in one Redis Cluster slot)::
+
+    {Q}:meta                  anchor: KEYS[1] of every script (never written)
+    {Q}:wait                  LIST  ungrouped runnable ids
+    {Q}:active                ZSET  running ids, score = lock_until_ms
+    {Q}:delayed               ZSET  ids waiting for due_ms
+    {Q}:failed                LIST  ids that used up their attempts (newest first)
+    {Q}:completed             LIST  newest 100 finished ids
+    {Q}:paused                flag  exists = paused
+    {Q}:groups:ready          ZSET  gids that may dispatch, score = ready since
+    {Q}:g:<gid>:wait          LIST  a group's runnable ids
+    {Q}:g:<gid>:inflight      int   a group's running jobs
+    {Q}:g:<gid>:limit         int   a group's concurrency limit (missing = 1)
+    {Q}:has_groups            "1" once a grouped job was published
+    {Q}:lane:rr               "0" grouped lane first, "1" ungrouped first
+    {Q}:lease:seq             counter feeding lease tokens
+    {Q}:job:<id>              HASH  the job
+    {Q}:stats                 HASH  counters and times
+    {Q}:idx:<lane>            ZSET  mirror of each lane, score = entered at
+    {cc:<key>}:meta           anchor of a fan-in counter
+    {cc:<key>}:count          remaining children
+    {cc:<key>}:done           SET   acked child ids
+    {cc:<key>}:closed         marker (extension): the counter reached 0
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidNameError
+
+QUEUE_NAME_MAX = 128
+CHILD_KEY_MAX = 128
+GID_MAX = 256
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+LANES = ("wait", "active", "delayed", "failed", "completed")
+
+
+def validate_queue(queue: str) -> str:
+    """Return ``queue`` if it is a legal queue name, else raise InvalidNameError."""
+    if not isinstance(queue, str):
+        raise InvalidNameError(f"queue name must be a str, not {type(queue).__name__}")
+    if not _QUEUE_NAME.fullmatch(queue):
+        if not queue:
+            problem = "is empty"
+        elif len(queue) > QUEUE_NAME_MAX:
+            problem = f"is {len(queue)} chars long (max {QUEUE_NAME_MAX})"
+        else:
+            problem = "may only hold letters, digits, '.', '_' and '-'"
+        raise InvalidNameError(f"queue name {queue!r} {problem}")
+    return queue
+
+
+def validate_gid(gid: str) -> str:
+    """Return ``gid`` if it can name a group: 1-256 chars, no whitespace or control chars."""
+    if not isinstance(gid, str):
+        raise InvalidNameError(f"gid must be a str, not {type(gid).__name__}")
+    if not gid or len(gid) > GID_MAX or any(ch.isspace() or not ch.isprintable() for ch in gid):
+        raise InvalidNameError(f"gid {gid!r} must be 1-{GID_MAX} printable chars without spaces")
+    return gid
+
+
+def queue_base(queue: str) -> str:
+    """``{Q}``: the prefix of every key of the queue."""
+    return "{" + validate_queue(queue) + "}"
+
+
+def queue_anchor(queue: str) -> str:
+    """``{Q}:meta``: KEYS[1] of every queue script."""
+    return queue_base(queue) + ":meta"
+
+
+def child_anchor(key: str) -> str:
+    """``{cc:<key>}:meta``: KEYS[1] of childs_init and child_ack."""
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidNameError("child counter key must be a non-empty str")
+    if "{" in key or "}" in key:
+        raise InvalidNameError(f"child counter key {key!r} must not contain '{{' or '}}'")
+    if len(key) > CHILD_KEY_MAX:
+        raise InvalidNameError(f"child counter key is {len(key)} chars long (max {CHILD_KEY_MAX})")
+    return "{cc:" + key + "}:meta"
+
+
+def job_key(queue: str, job_id: str) -> str:
+    return f"{queue_base(queue)}:job:{job_id}"
+
+
+def lane_key(queue: str, lane: str) -> str:
+    """The key of a lane: wait, active, delayed, failed, completed."""
+    return f"{queue_base(queue)}:{lane}"
+
+
+def idx_key(queue: str, lane: str) -> str:
+    return f"{queue_base(queue)}:idx:{lane}"
+
+
+def group_key(queue: str, gid: str, part: str) -> str:
+    """``{Q}:g:<gid>:<part>`` with part one of wait, inflight, limit."""
+    return f"{queue_base(queue)}:g:{gid}:{part}"
+
+
+def stats_key(queue: str) -> str:
+    return queue_base(queue) + ":stats"
+
+
+def paused_key(queue: str) -> str:
+    return queue_base(queue) + ":paused"
+
+
+def groups_ready_key(queue: str) -> str:
+    return queue_base(queue) + ":groups:ready"
+
+
+def queue_from_stats_key(key: str) -> str | None:
+    """The queue name in a ``{Q}:stats`` key, or None for any other key."""
+    if key.startswith("{") and key.endswith("}:stats"):
+        name = key[1:-len("}:stats")]
+        if _QUEUE_NAME.fullmatch(name):
+            return name
+    return None

@@ -1,0 +1,106 @@
+"""Typed results of the low-level client (msgspec Structs, never tuples)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+import msgspec
+
+
+class Published(msgspec.Struct, frozen=True):
+    """A published job. ``existed`` is True when the id was already queued (nothing changed)."""
+
+    queue: str
+    job_id: str
+    existed: bool = False
+
+
+class ReservedJob(msgspec.Struct, frozen=True):
+    """A job leased by reserve: run it, then ack it with its ``lease_token``."""
+
+    queue: str
+    job_id: str
+    payload: str
+    lock_until_ms: int
+    attempt: int
+    max_attempts: int
+    gid: str
+    lease_token: str
+    status: Literal["JOB"] = "JOB"
+
+
+class QueueEmpty(msgspec.Struct, frozen=True):
+    """Reserve found nothing runnable."""
+
+    queue: str
+    status: Literal["EMPTY"] = "EMPTY"
+
+
+class QueuePaused(msgspec.Struct, frozen=True):
+    """Reserve refused: the queue is paused."""
+
+    queue: str
+    status: Literal["PAUSED"] = "PAUSED"
+
+
+ReserveResult = Union[ReservedJob, QueueEmpty, QueuePaused]
+
+
+class AckFailResult(msgspec.Struct, frozen=True):
+    """What ack_fail did: RETRY at ``due_ms``, or FAILED for good (``due_ms`` None)."""
+
+    status: Literal["RETRY", "FAILED"]
+    due_ms: Optional[int] = None
+
+
+class BatchItem(msgspec.Struct, frozen=True):
+    """One id's outcome in a batch call; ``reason`` is the contract word when not ok."""
+
+    job_id: str
+    ok: bool
+    reason: Optional[str] = None
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    """The ``{Q}:stats`` hash; times are epoch ms, 0 when never set."""
+
+    queue: str
+    waiting: int = 0
+    group_waiting: int = 0
+    waiting_total: int = 0
+    active: int = 0
+    delayed: int = 0
+    failed: int = 0
+    completed_kept: int = 0
+    groups_ready: int = 0
+    last_activity_ms: int = 0
+    last_enqueue_ms: int = 0
+    last_reserve_ms: int = 0
+    last_finish_ms: int = 0
+    paused: bool = False
+
+
+class JobInfo(msgspec.Struct, frozen=True):
+    """The job hash, typed. Times are epoch ms, None while unset."""
+
+    queue: str
+    id: str
+    state: str
+    payload: str
+    attempt: int
+    max_attempts: int
+    timeout_ms: int
+    backoff_ms: int
+    gid: str = ""
+    created_ms: Optional[int] = None
+    updated_ms: Optional[int] = None
+    queued_ms: Optional[int] = None
+    first_started_ms: Optional[int] = None
+    last_started_ms: Optional[int] = None
+    completed_ms: Optional[int] = None
+    failed_ms: Optional[int] = None
+    due_ms: Optional[int] = None
+    lock_until_ms: Optional[int] = None
+    lease_token: str = ""
+    last_error: str = ""
+    last_error_ms: Optional[int] = None
