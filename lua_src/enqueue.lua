@@ -8,6 +8,7 @@
 -- Errors   {"ERR", "BAD_JOB_ID"} for an empty job id
 --@include base
 --@include lanes
+--@include enqueue
 local job_id = ARGV[1] or ""
 local payload = ARGV[2] or ""
 local max_attempts = to_int(ARGV[3] or "1")
@@ -19,23 +20,7 @@ local gid = ARGV[8] or ""
 local limit = to_int(ARGV[9])
 
 if job_id == "" then return {"ERR", "BAD_JOB_ID"} end
-local k_job = job_key(job_id)
-if redis.call("EXISTS", k_job) == 1 then return {"OK", job_id, "EXISTS"} end
-
-redis.call("HSET", k_job, "id", job_id, "payload", payload, "attempt", "0",
-  "max_attempts", max_attempts, "timeout_ms", timeout_ms, "backoff_ms", backoff_ms,
-  "created_ms", now, "queued_ms", now, "first_started_ms", "", "last_started_ms", "",
-  "completed_ms", "", "failed_ms", "")
-if gid ~= "" then
-  redis.call("HSET", k_job, "gid", gid)
-  redis.call("SET", base .. ":has_groups", "1")
-  if limit > 0 then redis.call("SET", group_key(gid, "limit"), limit, "NX") end
-end
-
-if due_ms > now then
-  enter_delayed(job_id, due_ms, now)
-else
-  enter_wait(job_id, gid, now)
-end
+local outcome = enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+if outcome == "EXISTS" then return {"OK", job_id, "EXISTS"} end
 stat_times(now, "last_enqueue_ms")
 return {"OK", job_id}

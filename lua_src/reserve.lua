@@ -16,4 +16,5 @@ local job_id, gid, grouped_first = take_next(now)
 if not job_id then return {"EMPTY"} end
 flip_lanes(grouped_first)
 stat_times(now, "last_reserve_ms")
-return lease(job_id, now)
+local reply = lease(job_id, now)
+return reply

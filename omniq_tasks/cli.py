@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from . import __version__
@@ -14,14 +15,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="Typed Python tasks on the OmniQ v1 protocol (Redis + Lua).",
     )
     parser.add_argument("--version", action="version", version=f"omniq-tasks {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker", help="run the tasks of an app",
+        description="Run the tasks of APP ('module:attr', imported with the current "
+                    "directory on the import path). With several queues, earlier ones "
+                    "are served first.")
+    worker.add_argument("app", metavar="APP", help="the App to run, e.g. shop.tasks:app")
+    worker.add_argument("-Q", "--queues", help="comma-separated queues (default: every queue of the app's tasks)")
+    worker.add_argument("-c", "--concurrency", type=int, default=None,
+                        help="jobs run at once (default: 8 with threads, CPU count with processes)")
+    worker.add_argument("--pool", choices=("threads", "processes"), default="threads",
+                        help="where sync tasks run (async tasks always run on an event loop)")
+    worker.add_argument("--drain", action="store_true", help="run what is ready, then exit")
+    worker.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long running jobs may take to finish (default 30)")
+    worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="longest idle wait before looking for jobs again (default 1)")
+    worker.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     return parser
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .app import load_app
+    from .errors import OmniqError
+    from .worker import Worker
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = load_app(args.app)
+    except (ImportError, ValueError) as exc:
+        print(f"omniq-tasks: cannot load app {args.app!r}: {exc}", file=sys.stderr)
+        return 2
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    if args.concurrency is not None and args.concurrency < 1:
+        print("omniq-tasks: --concurrency must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        worker = Worker(app, queues, concurrency=args.concurrency, pool=args.pool, app_path=args.app,
+                        drain=args.drain, grace_s=args.grace, poll_interval_s=args.poll_interval)
+    except (OmniqError, ValueError) as exc:
+        print(f"omniq-tasks: {exc}", file=sys.stderr)
+        return 2
+    return worker.run()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stdout)
-        return 0
+    if args.command == "worker":
+        return run_worker(args)
+    parser.print_help(sys.stdout)
     return 0

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 RedisClient = Union[redis_lib.Redis, RedisCluster]
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 REMOVABLE_LANES = ("wait", "gwait", "delayed", "failed", "completed")
+# Wake-up tokens kept per queue at most: enough to wake that many idle workers.
+DEFAULT_WAKE_CAP = 64
+ENQUEUE_CHUNK = 1000
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -65,6 +68,46 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+class JobSpec(msgspec.Struct, frozen=True):
+    """One job for :meth:`OmniqClient.enqueue_many`, already encoded and checked."""
+
+    job_id: str
+    payload: bytes
+    max_attempts: int = 3
+    timeout_ms: int = 30_000
+    backoff_ms: int = 5_000
+    due_ms: int = 0
+    gid: str = ""
+    group_limit: int = 0
+
+
+def job_spec(
+    payload_json: bytes,
+    *,
+    job_id: str | None = None,
+    max_attempts: int = 3,
+    timeout_ms: int = 30_000,
+    backoff_ms: int = 5_000,
+    due_ms: int = 0,
+    gid: str | None = None,
+    group_limit: int = 0,
+) -> JobSpec:
+    """Check publish options and build a JobSpec (raises TypeError/ValueError/InvalidNameError)."""
+    if job_id is None:
+        job_id = new_job_id()
+    elif not isinstance(job_id, str) or not job_id or len(job_id) > 256:
+        raise ValueError(f"job_id must be a non-empty str of at most 256 chars, got {job_id!r}")
+    return JobSpec(
+        job_id=job_id, payload=payload_json,
+        max_attempts=_check_int("max_attempts", max_attempts, 1),
+        timeout_ms=_check_int("timeout_ms", timeout_ms, 1),
+        backoff_ms=_check_int("backoff_ms", backoff_ms, 0),
+        due_ms=_check_int("due_ms", due_ms, 0),
+        gid=keys.validate_gid(gid) if gid is not None else "",
+        group_limit=_check_int("group_limit", group_limit, 0),
+    )
 
 
 class OmniqClient:
@@ -180,22 +223,43 @@ class OmniqClient:
             raise PayloadTooLargeError(
                 f"payload is {len(data)} bytes; the limit is {self.max_payload_bytes}"
             )
-        if job_id is None:
-            job_id = new_job_id()
-        elif not isinstance(job_id, str) or not job_id or len(job_id) > 256:
-            raise ValueError(f"job_id must be a non-empty str of at most 256 chars, got {job_id!r}")
-        args = (
-            job_id, data,
-            _check_int("max_attempts", max_attempts, 1),
-            _check_int("timeout_ms", timeout_ms, 1),
-            _check_int("backoff_ms", backoff_ms, 0),
-            _check_int("now_ms", now_ms, 0),
-            _check_int("due_ms", due_ms, 0),
-            keys.validate_gid(gid) if gid is not None else "",
-            _check_int("group_limit", group_limit, 0),
-        )
+        spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
+                        backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
+        args = (spec.job_id, data, spec.max_attempts, spec.timeout_ms, spec.backoff_ms,
+                _check_int("now_ms", now_ms, 0), spec.due_ms, spec.gid, spec.group_limit)
+        job_id = spec.job_id
         reply = self._raise_if_err(self._call("enqueue", anchor, *args), queue, job_id)
         return Published(queue=queue, job_id=_text(reply[1]), existed=len(reply) > 2)
+
+    def enqueue_many(
+        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = DEFAULT_WAKE_CAP, now_ms: int = 0
+    ) -> list[Published]:
+        """Publish many prepared jobs with one script call per 1000 (enqueue_batch).
+
+        Besides what enqueue does, it pushes up to ``wake_cap`` wake-up tokens to
+        ``{Q}:wake`` so that idle omniq-tasks workers start at once.
+        """
+        anchor = keys.queue_anchor(queue)
+        out: list[Published] = []
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start:start + ENQUEUE_CHUNK]
+            args: list[Any] = [now_ms, wake_cap, len(chunk)]
+            for job in chunk:
+                if len(job.payload) > self.max_payload_bytes:
+                    raise PayloadTooLargeError(
+                        f"payload of job {job.job_id} is {len(job.payload)} bytes; "
+                        f"the limit is {self.max_payload_bytes}")
+                args += (job.job_id, job.payload, job.max_attempts, job.timeout_ms,
+                         job.backoff_ms, job.due_ms, job.gid, job.group_limit)
+            reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
+            i = 0
+            while i + 1 < len(reply):
+                job_id, status = _text(reply[i]), _text(reply[i + 1])
+                if status == "ERR":
+                    raise protocol_error(_text(reply[i + 2]), queue=queue, job_id=job_id)
+                out.append(Published(queue, job_id, status == "EXISTS"))
+                i += 2
+        return out
 
     # -- running jobs -------------------------------------------------------
 
@@ -215,6 +279,36 @@ class OmniqClient:
             gid=_text(reply[6]), lease_token=_text(reply[7]),
         )
 
+    def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
+        """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
+        reply = self._raise_if_err(self._call(
+            "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1)), queue)
+        status = _text(reply[0])
+        if status == "PAUSED":
+            return QueuePaused(queue)
+        if status == "EMPTY":
+            return []
+        return [
+            ReservedJob(queue, _text(reply[i]), _text(reply[i + 1]), int(reply[i + 2]),
+                        int(reply[i + 3]), int(reply[i + 4]), _text(reply[i + 5]), _text(reply[i + 6]),
+                        int(reply[i + 7]))
+            for i in range(1, len(reply) - 7, 8)
+        ]
+
+    def ack_success_batch(
+        self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
+    ) -> list[BatchItem]:
+        """ack_success for many (job_id, lease_token) pairs, one script call per 1000."""
+        anchor = keys.queue_anchor(queue)
+        items: list[BatchItem] = []
+        for start in range(0, len(leases), ENQUEUE_CHUNK):
+            chunk = leases[start:start + ENQUEUE_CHUNK]
+            args: list[Any] = [now_ms, len(chunk)]
+            for job_id, token in chunk:
+                args += (job_id, token)
+            items += self._batch_items(self._call("ack_success_batch", anchor, *args), queue)
+        return items
+
     def heartbeat(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> int:
         """Extend a lease; returns the new lock_until_ms."""
         reply = self._raise_if_err(
@@ -229,15 +323,20 @@ class OmniqClient:
             queue, job_id)
 
     def ack_fail(
-        self, queue: str, job_id: str, lease_token: str, *, error: str | None = None, now_ms: int = 0
+        self, queue: str, job_id: str, lease_token: str, *, error: str | None = None,
+        final: bool = False, now_ms: int = 0,
     ) -> AckFailResult:
         """Report a failed run: the job retries after its backoff or fails for good.
 
         ``error`` is stored as ``last_error`` (the script keeps at most 4096 bytes).
+        ``final=True`` fails the job now whatever attempts are left (for a job that
+        can never succeed, e.g. an unknown task).
         """
         args: tuple[Any, ...] = (job_id, now_ms, lease_token)
-        if error:
-            args += (error,)
+        if error or final:
+            args += (error or "",)
+        if final:
+            args += ("1",)
         reply = self._raise_if_err(self._call("ack_fail", keys.queue_anchor(queue), *args),
                                    queue, job_id)
         if _text(reply[0]) == "RETRY":

@@ -26,6 +26,7 @@ class ReservedJob(msgspec.Struct, frozen=True):
     max_attempts: int
     gid: str
     lease_token: str
+    timeout_ms: int = 0  # the lease length; 0 when the reply did not say (protocol reserve)
     status: Literal["JOB"] = "JOB"
 
 

@@ -16,6 +16,9 @@ PROTOCOL_SCRIPTS = (
     "reap_expired", "pause", "resume", "retry_failed", "retry_failed_batch",
     "remove_job", "remove_jobs_batch", "childs_init", "child_ack",
 )
+# omniq-tasks extensions: new file names, never called by the official SDKs.
+EXTENSION_SCRIPTS = ("enqueue_batch", "reserve_batch", "ack_success_batch")
+ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 
 
 @cache
@@ -32,7 +35,7 @@ def scripts_dir() -> str:
 class Scripts:
     """One registered Script per protocol script, bound to one Redis client."""
 
-    def __init__(self, redis: Any, names: tuple[str, ...] = PROTOCOL_SCRIPTS) -> None:
+    def __init__(self, redis: Any, names: tuple[str, ...] = ALL_SCRIPTS) -> None:
         self._scripts = {name: redis.register_script(script_source(name)) for name in names}
 
     def __getitem__(self, name: str) -> Any:

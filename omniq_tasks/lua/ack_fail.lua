@@ -1,7 +1,8 @@
 -- ack_fail: a leased job raised; retry after backoff_ms or fail for good.
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     job_id, now_ms ("0" = server clock), lease_token, [error text, at most
---          4096 bytes kept as last_error]
+--          4096 bytes kept as last_error], [final: "1" = fail now, no retry
+--          (omniq-tasks extension, for jobs that can never succeed)]
 -- Reply    {"RETRY", due_ms} (due = now + backoff_ms) | {"FAILED"} when attempt >= max_attempts
 -- Errors   TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE
 -- Generated from lua_src/ack_fail.lua by tools/build_lua.py: edit the source, not this file.
@@ -128,6 +129,7 @@ end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds with a per-queue sequence).
+-- Returns the reserve reply and the lease length in ms.
 local function lease(job_id, now)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
@@ -149,7 +151,7 @@ local function lease(job_id, now)
   redis.call("ZADD", idx_key("active"), now, job_id)
   stat_add("active", 1)
   return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
-    tostring(to_int(f[3])), f[5] or "", token}
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
@@ -166,14 +168,15 @@ local function left_active(job_id, gid, now)
 end
 
 -- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up. Returns the due ms, or nil when failed.
-local function retry_or_fail(job_id, now)
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
   redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
-  if to_int(f[1]) >= max_attempts then
+  if final or to_int(f[1]) >= max_attempts then
     enter_failed(job_id, now)
     return nil
   end
@@ -196,6 +199,7 @@ local job_id = ARGV[1] or ""
 local now = now_or_server(ARGV[2])
 local token = ARGV[3]
 local error_text = ARGV[4] or ""
+local final = ARGV[5] == "1"
 
 local err = check_lease(job_id, token)
 if err then return {"ERR", err} end
@@ -207,7 +211,7 @@ if error_text ~= "" then
     "last_error_ms", now)
 end
 left_active(job_id, redis.call("HGET", k_job, "gid"), now)
-local due = retry_or_fail(job_id, now)
+local due = retry_or_fail(job_id, now, final)
 stat_times(now, "last_finish_ms")
 if due then return {"RETRY", tostring(due)} end
 return {"FAILED"}

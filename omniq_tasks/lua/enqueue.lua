@@ -130,6 +130,7 @@ end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds with a per-queue sequence).
+-- Returns the reserve reply and the lease length in ms.
 local function lease(job_id, now)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
@@ -151,7 +152,7 @@ local function lease(job_id, now)
   redis.call("ZADD", idx_key("active"), now, job_id)
   stat_add("active", 1)
   return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
-    tostring(to_int(f[3])), f[5] or "", token}
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
@@ -168,14 +169,15 @@ local function left_active(job_id, gid, now)
 end
 
 -- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up. Returns the due ms, or nil when failed.
-local function retry_or_fail(job_id, now)
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
   redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
-  if to_int(f[1]) >= max_attempts then
+  if final or to_int(f[1]) >= max_attempts then
     enter_failed(job_id, now)
     return nil
   end
@@ -193,6 +195,29 @@ local function check_lease(job_id, token)
   return nil
 end
 
+-- enqueue: write one new job and put it in its lane. Returns "OK", "EXISTS" (the
+-- job hash already exists: nothing changes, so publishing is idempotent) or
+-- "READY" (queued and runnable now).
+local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+  local k_job = job_key(job_id)
+  if redis.call("EXISTS", k_job) == 1 then return "EXISTS" end
+  redis.call("HSET", k_job, "id", job_id, "payload", payload, "attempt", "0",
+    "max_attempts", max_attempts, "timeout_ms", timeout_ms, "backoff_ms", backoff_ms,
+    "created_ms", now, "queued_ms", now, "first_started_ms", "", "last_started_ms", "",
+    "completed_ms", "", "failed_ms", "")
+  if gid ~= "" then
+    redis.call("HSET", k_job, "gid", gid)
+    redis.call("SET", base .. ":has_groups", "1")
+    if limit > 0 then redis.call("SET", group_key(gid, "limit"), limit, "NX") end
+  end
+  if due_ms > now then
+    enter_delayed(job_id, due_ms, now)
+    return "OK"
+  end
+  enter_wait(job_id, gid, now)
+  return "READY"
+end
+
 local job_id = ARGV[1] or ""
 local payload = ARGV[2] or ""
 local max_attempts = to_int(ARGV[3] or "1")
@@ -204,23 +229,7 @@ local gid = ARGV[8] or ""
 local limit = to_int(ARGV[9])
 
 if job_id == "" then return {"ERR", "BAD_JOB_ID"} end
-local k_job = job_key(job_id)
-if redis.call("EXISTS", k_job) == 1 then return {"OK", job_id, "EXISTS"} end
-
-redis.call("HSET", k_job, "id", job_id, "payload", payload, "attempt", "0",
-  "max_attempts", max_attempts, "timeout_ms", timeout_ms, "backoff_ms", backoff_ms,
-  "created_ms", now, "queued_ms", now, "first_started_ms", "", "last_started_ms", "",
-  "completed_ms", "", "failed_ms", "")
-if gid ~= "" then
-  redis.call("HSET", k_job, "gid", gid)
-  redis.call("SET", base .. ":has_groups", "1")
-  if limit > 0 then redis.call("SET", group_key(gid, "limit"), limit, "NX") end
-end
-
-if due_ms > now then
-  enter_delayed(job_id, due_ms, now)
-else
-  enter_wait(job_id, gid, now)
-end
+local outcome = enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+if outcome == "EXISTS" then return {"OK", job_id, "EXISTS"} end
 stat_times(now, "last_enqueue_ms")
 return {"OK", job_id}

@@ -129,6 +129,7 @@ end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds with a per-queue sequence).
+-- Returns the reserve reply and the lease length in ms.
 local function lease(job_id, now)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
@@ -150,7 +151,7 @@ local function lease(job_id, now)
   redis.call("ZADD", idx_key("active"), now, job_id)
   stat_add("active", 1)
   return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
-    tostring(to_int(f[3])), f[5] or "", token}
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
@@ -167,14 +168,15 @@ local function left_active(job_id, gid, now)
 end
 
 -- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up. Returns the due ms, or nil when failed.
-local function retry_or_fail(job_id, now)
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
   redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
-  if to_int(f[1]) >= max_attempts then
+  if final or to_int(f[1]) >= max_attempts then
     enter_failed(job_id, now)
     return nil
   end
@@ -259,4 +261,5 @@ local job_id, gid, grouped_first = take_next(now)
 if not job_id then return {"EMPTY"} end
 flip_lanes(grouped_first)
 stat_times(now, "last_reserve_ms")
-return lease(job_id, now)
+local reply = lease(job_id, now)
+return reply

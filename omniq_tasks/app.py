@@ -1,0 +1,173 @@
+"""App: the connection, the defaults and the registry; ``@app.task`` makes Tasks."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+from typing import Any, Callable, Protocol, TypeVar, overload
+
+from typing_extensions import Concatenate, ParamSpec
+
+from .client import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_WAKE_CAP, OmniqClient, _check_int
+from .context import JobContext
+from .keys import validate_queue
+from .registry import Registry
+from .task import GidRule, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+REDIS_URL_ENV = "OMNIQ_TASKS_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: a decorator that turns a function into a Task."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class App:
+    """An omniq-tasks application: where tasks are registered and published from.
+
+    ``redis_url`` falls back to the environment variable OMNIQ_TASKS_REDIS_URL,
+    then to redis://localhost:6379/0. The keyword defaults apply to every task
+    that does not set its own. No connection is opened until first use.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        redis_url: str | None = None,
+        *,
+        queue: str = "default",
+        max_attempts: int = 3,
+        timeout_ms: int = 30_000,
+        backoff_ms: int = 5_000,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        cluster: bool = False,
+        wake_cap: int = DEFAULT_WAKE_CAP,
+    ) -> None:
+        self.name = name
+        self.redis_url = redis_url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+        self.queue = validate_queue(queue)
+        self.max_attempts = _check_int("max_attempts", max_attempts, 1)
+        self.timeout_ms = _check_int("timeout_ms", timeout_ms, 1)
+        self.backoff_ms = _check_int("backoff_ms", backoff_ms, 0)
+        self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
+        self.cluster = cluster
+        self.wake_cap = _check_int("wake_cap", wake_cap, 0)
+        self.registry = Registry()
+        self._client: OmniqClient | None = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} tasks={len(self.registry)} redis={self.redis_url}>"
+
+    @property
+    def client(self) -> OmniqClient:
+        """The low-level client, connected on first use."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = OmniqClient(
+                        self.redis_url, cluster=self.cluster, max_payload_bytes=self.max_payload_bytes)
+        return self._client
+
+    def close(self) -> None:
+        """Close the connection (it reopens on next use)."""
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @overload
+    def task(self, fn: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        gid: GidRule = None,
+        group_limit: int = 0,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        backoff_ms: int | None = None,
+        raw: bool = False,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        gid: GidRule = None,
+        group_limit: int = 0,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        backoff_ms: int | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """Register a function as a task; usable bare (``@app.task``) or with options.
+
+        ``gid`` puts each job in a FIFO group: a constant, a template filled from the
+        call's arguments (``"company:{company_id}"``) or a callable taking the same
+        arguments; ``group_limit`` caps how many of a group run at once.
+        ``raw=True`` makes the task its queue's handler for plain JSON payloads from
+        other OmniQ producers: its one parameter receives the decoded payload. A
+        parameter annotated ``JobContext`` (first, for type checkers) gets the job's
+        context. Task names default to ``module.qualname`` and must be unique.
+        """
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(
+                self,
+                func,
+                name=name or f"{func.__module__}.{func.__qualname__}",
+                queue=queue or self.queue,
+                gid=gid,
+                group_limit=_check_int("group_limit", group_limit, 0),
+                max_attempts=self.max_attempts if max_attempts is None
+                else _check_int("max_attempts", max_attempts, 1),
+                timeout_ms=self.timeout_ms if timeout_ms is None else _check_int("timeout_ms", timeout_ms, 1),
+                backoff_ms=self.backoff_ms if backoff_ms is None else _check_int("backoff_ms", backoff_ms, 0),
+                raw=raw,
+            )
+            self.registry.add(task)
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+
+def load_app(spec: str) -> App:
+    """Import ``"package.module:attr"`` and return the App there (cwd on the import path)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected 'module:app', e.g. 'shop.tasks:app', got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(app, App):
+        raise ValueError(f"{spec} is a {type(app).__name__}, not an omniq_tasks.App")
+    return app

@@ -1,0 +1,130 @@
+"""Turn a task call into JSON and back, checked against the function's annotations.
+
+Each task gets one :class:`ArgumentCodec`, built once at decoration: a msgspec
+Struct with a field per parameter (its annotation and default) and an encoder and
+decoder for it. Publishing encodes the bound arguments and decodes them again
+with that decoder, so a call the worker could not decode is refused before
+anything reaches Redis; the worker decodes with the same decoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, Callable
+
+import msgspec
+
+from .context import JobContext
+from .errors import OmniqError
+
+_encode = msgspec.json.Encoder().encode
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_dict = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class TaskArgumentError(OmniqError, TypeError):
+    """Raised when a task's arguments do not fit its signature or annotations."""
+
+
+class TaskDefinitionError(OmniqError, TypeError):
+    """Raised when a function cannot be a task (e.g. *args, or an unencodable default)."""
+
+
+def _is_context(annotation: Any) -> bool:
+    if annotation is JobContext:
+        return True
+    return JobContext in typing.get_args(annotation)
+
+
+def _describe(error: Exception) -> str:
+    """msgspec says "... - at `$.msg.to`"; say "... (argument msg.to)" instead."""
+    text = str(error)
+    head, sep, path = text.rpartition(" - at `$.")
+    if sep:
+        return f"{head} (argument {path.rstrip('`')})"
+    return text
+
+
+class ArgumentCodec:
+    """Encodes calls of one function to a JSON object of its parameters, and back."""
+
+    def __init__(self, fn: Callable[..., Any], task_name: str) -> None:
+        self.task_name = task_name
+        self.signature = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:  # an annotation that does not resolve
+            raise TaskDefinitionError(f"task {task_name}: cannot resolve annotations: {exc}") from None
+        self.context_param: str | None = None
+        fields: list[tuple[Any, ...]] = []
+        for param in self.signature.parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+                raise TaskDefinitionError(
+                    f"task {task_name}: parameter {param.name!r}: tasks take named parameters "
+                    "(no *args, **kwargs or positional-only ones), so calls can travel as JSON")
+            annotation = hints.get(param.name, Any)
+            if _is_context(annotation):
+                self.context_param = param.name
+                continue
+            if param.default is inspect.Parameter.empty:
+                fields.append((param.name, annotation))
+            else:
+                fields.append((param.name, annotation, param.default))
+        self.params = tuple(f[0] for f in fields)
+        # What callers bind against: the signature without the worker-filled context.
+        self.call_signature = self.signature.replace(parameters=[
+            p for p in self.signature.parameters.values() if p.name != self.context_param])
+        self._positional = tuple(
+            p.name for p in self.call_signature.parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD
+        )
+        try:
+            self.struct = msgspec.defstruct(f"{task_name}:args", fields, forbid_unknown_fields=True)
+            self.decoder = msgspec.json.Decoder(self.struct)
+        except (TypeError, ValueError) as exc:
+            raise TaskDefinitionError(f"task {task_name}: {exc}") from None
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The call's arguments by name, and their JSON object; raises TaskArgumentError."""
+        try:
+            bound = self.call_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TaskArgumentError(f"task {self.task_name}: {exc}") from None
+        try:
+            data = _encode(bound.arguments)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TaskArgumentError(f"task {self.task_name}: cannot encode arguments: {exc}") from None
+        self.decode(data)
+        return bound.arguments, data
+
+    def decode(self, kwargs_json: bytes) -> Any:
+        """Decode a JSON object of arguments by name to the task's Struct."""
+        try:
+            return self.decoder.decode(kwargs_json)
+        except msgspec.DecodeError as exc:
+            raise TaskArgumentError(f"task {self.task_name}: {_describe(exc)}") from None
+
+    def decode_parts(self, args_json: bytes | None, kwargs_json: bytes | None) -> Any:
+        """Decode an envelope's ``args`` array and ``kwargs`` object (from any producer)."""
+        if not args_json or args_json.strip() == b"[]":
+            return self.decode(kwargs_json or b"{}")
+        try:
+            positional = _raw_list.decode(args_json)
+            named = _raw_dict.decode(kwargs_json) if kwargs_json else {}
+        except msgspec.DecodeError as exc:
+            raise TaskArgumentError(f"task {self.task_name}: {_describe(exc)}") from None
+        names = self._positional
+        if len(positional) > len(names):
+            raise TaskArgumentError(
+                f"task {self.task_name}: takes {len(names)} positional arguments, got {len(positional)}")
+        merged = dict(named)
+        for name, raw in zip(names, positional):
+            if name in merged:
+                raise TaskArgumentError(f"task {self.task_name}: got multiple values for argument {name!r}")
+            merged[name] = raw
+        return self.decode(_encode(merged))
+
+    def call_kwargs(self, decoded: Any) -> dict[str, Any]:
+        """The keyword arguments to call the function with (without the context)."""
+        return {name: getattr(decoded, name) for name in self.params}

@@ -1,0 +1,76 @@
+"""JobContext: what a running task may know about its job and do inside it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import OmniqClient
+    from .models import Published
+
+
+class JobContext:
+    """Handed to a task that declares a parameter annotated ``JobContext``.
+
+    Fields: ``queue``, ``job_id``, ``attempt`` (1 on the first run), ``max_attempts``,
+    ``gid`` ("" when ungrouped), ``lease_token``, ``lock_until_ms`` and ``payload_raw``
+    (the job's JSON text). Methods are the protocol operations a job may need.
+    """
+
+    __slots__ = ("queue", "job_id", "attempt", "max_attempts", "gid", "lease_token",
+                 "lock_until_ms", "payload_raw", "_client")
+
+    def __init__(self, client: OmniqClient, *, queue: str, job_id: str, attempt: int,
+                 max_attempts: int, gid: str, lease_token: str, lock_until_ms: int,
+                 payload_raw: str) -> None:
+        self._client = client
+        self.queue = queue
+        self.job_id = job_id
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.gid = gid
+        self.lease_token = lease_token
+        self.lock_until_ms = lock_until_ms
+        self.payload_raw = payload_raw
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure now fails the job for good."""
+        return self.attempt >= self.max_attempts
+
+    def heartbeat(self) -> int:
+        """Extend this job's lease now; returns the new lock_until_ms.
+
+        The worker already heartbeats every running job; call this only to be sure
+        before a long step. Raises LeaseLostError when the lease is gone.
+        """
+        self.lock_until_ms = self._client.heartbeat(self.queue, self.job_id, self.lease_token)
+        return self.lock_until_ms
+
+    def publish(self, queue: str, payload: Any, **options: Any) -> Published:
+        """Publish a plain JSON job (see OmniqClient.publish); for tasks use ``task.delay``."""
+        return self._client.publish(queue, payload, **options)
+
+    def pause(self, queue: str | None = None) -> None:
+        """Pause a queue (this job's queue by default)."""
+        self._client.pause(queue or self.queue)
+
+    def resume(self, queue: str | None = None) -> bool:
+        """Resume a queue (this job's queue by default); True if it was paused."""
+        return self._client.resume(queue or self.queue)
+
+    def is_paused(self, queue: str | None = None) -> bool:
+        """True while the queue (this job's by default) is paused."""
+        return self._client.is_paused(queue or self.queue)
+
+    def childs_init(self, key: str, expected: int) -> None:
+        """Start a fan-in counter expecting ``expected`` children."""
+        self._client.childs_init(key, expected)
+
+    def child_ack(self, key: str, child_id: str | None = None) -> int:
+        """Count this job (or ``child_id``) as a finished child; returns how many remain."""
+        return self._client.child_ack(key, child_id or self.job_id)
+
+    def __repr__(self) -> str:
+        return (f"JobContext(queue={self.queue!r}, job_id={self.job_id!r}, "
+                f"attempt={self.attempt}/{self.max_attempts}, gid={self.gid!r})")

@@ -1,0 +1,51 @@
+"""The task envelope: the stable JSON shape of a task job's payload.
+
+    {"task": "<name>", "args": [...], "kwargs": {...}, "meta": {...}}
+
+``task`` names the registered task; ``args`` are positional and ``kwargs`` named
+arguments (our publisher sends every argument by name, other producers may use
+either); ``meta`` is optional framework data. A payload counts as an envelope
+when it is a JSON object with a string ``task`` and an ``args`` or ``kwargs``
+member; anything else is a raw payload for the queue's raw handler. Unknown
+top-level members are ignored, so later versions may add fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """A decoded envelope; ``args`` and ``kwargs`` stay undecoded JSON until the task is known."""
+
+    task: str
+    args: msgspec.Raw = msgspec.Raw()
+    kwargs: msgspec.Raw = msgspec.Raw()
+    meta: dict[str, Any] = {}
+
+
+_decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+
+def build_envelope(task: str, kwargs_json: bytes, meta: dict[str, Any] | None = None) -> bytes:
+    """The payload for a call of ``task`` whose named arguments are ``kwargs_json``."""
+    parts = [b'{"task":', _encode(task), b',"args":[],"kwargs":', kwargs_json]
+    if meta:
+        parts += [b',"meta":', _encode(meta)]
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def read_envelope(payload: bytes | str) -> Envelope | None:
+    """The envelope in a payload, or None when the payload is raw (not an envelope)."""
+    try:
+        envelope = _decode_envelope(payload)
+    except msgspec.DecodeError:
+        return None
+    if not envelope.args and not envelope.kwargs:
+        return None
+    return envelope

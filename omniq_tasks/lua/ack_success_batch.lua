@@ -1,0 +1,224 @@
+-- ack_success_batch (omniq-tasks extension): ack_success for up to 1000 leases.
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token
+-- Reply    flat list: id, "OK" | id, "ERR", reason (TOKEN_REQUIRED, TOKEN_MISMATCH,
+--          NOT_ACTIVE, BAD_JOB_ID)
+-- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
+-- Generated from lua_src/ack_success_batch.lua by tools/build_lua.py: edit the source, not this file.
+
+-- base: reading numbers, the clock and the queue base from the anchor.
+local function to_int(v)
+  if not v or v == "" then return 0 end
+  local n = tonumber(v)
+  if not n then return 0 end
+  return math.floor(n)
+end
+
+-- The Redis server clock in ms. Used when a caller sends now_ms "0" or nothing,
+-- so that workers on machines with skewed clocks agree on leases.
+local function server_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function now_or_server(v)
+  local n = to_int(v)
+  if n > 0 then return n end
+  return server_ms()
+end
+
+-- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
+local base = KEYS[1]
+if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
+
+-- lanes: every move of a job between lanes, each updating the lane, the idx:*
+-- mirror and the stats counters together so they never disagree.
+local K_WAIT = base .. ":wait"
+local K_ACTIVE = base .. ":active"
+local K_DELAYED = base .. ":delayed"
+local K_FAILED = base .. ":failed"
+local K_COMPLETED = base .. ":completed"
+local K_GROUPS_READY = base .. ":groups:ready"
+local K_STATS = base .. ":stats"
+local KEEP_COMPLETED = 100
+local DEFAULT_TIMEOUT_MS = 60000
+
+local function job_key(job_id) return base .. ":job:" .. job_id end
+local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
+local function idx_key(lane) return base .. ":idx:" .. lane end
+
+-- A decrement never leaves a counter below 0.
+local function stat_add(field, delta)
+  if delta == 0 then return end
+  if redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+    redis.call("HSET", K_STATS, field, "0")
+  end
+end
+
+local function stat_times(now, field)
+  if field then
+    redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
+  else
+    redis.call("HSET", K_STATS, "last_activity_ms", now)
+  end
+end
+
+local function group_limit(gid)
+  local limit = to_int(redis.call("GET", group_key(gid, "limit")))
+  if limit <= 0 then return 1 end
+  return limit
+end
+
+local function group_inflight(gid)
+  return to_int(redis.call("GET", group_key(gid, "inflight")))
+end
+
+-- Ready-making always uses ZADD NX: a group already ready keeps its place.
+local function group_ready_if_room(gid, now)
+  if group_inflight(gid) < group_limit(gid)
+      and redis.call("LLEN", group_key(gid, "wait")) > 0 then
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now, gid) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+end
+
+local function enter_wait(job_id, gid, now)
+  redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
+  redis.call("ZADD", idx_key("wait"), now, job_id)
+  stat_add("waiting_total", 1)
+  if gid ~= "" then
+    redis.call("RPUSH", group_key(gid, "wait"), job_id)
+    stat_add("group_waiting", 1)
+    group_ready_if_room(gid, now)
+  else
+    redis.call("RPUSH", K_WAIT, job_id)
+    stat_add("waiting", 1)
+  end
+end
+
+local function enter_delayed(job_id, due, now)
+  redis.call("HSET", job_key(job_id), "state", "delayed", "due_ms", due, "updated_ms", now)
+  redis.call("ZADD", K_DELAYED, due, job_id)
+  redis.call("ZADD", idx_key("delayed"), now, job_id)
+  stat_add("delayed", 1)
+end
+
+local function enter_failed(job_id, now)
+  redis.call("HSET", job_key(job_id), "state", "failed", "failed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_FAILED, job_id)
+  redis.call("ZADD", idx_key("failed"), now, job_id)
+  stat_add("failed", 1)
+end
+
+-- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
+local function enter_completed(job_id, now)
+  redis.call("HSET", job_key(job_id), "state", "completed", "completed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_COMPLETED, job_id)
+  redis.call("ZADD", idx_key("completed"), now, job_id)
+  local kept = redis.call("LLEN", K_COMPLETED)
+  while kept > KEEP_COMPLETED do
+    local old_id = redis.call("RPOP", K_COMPLETED)
+    redis.call("ZREM", idx_key("completed"), old_id)
+    redis.call("DEL", job_key(old_id))
+    kept = kept - 1
+  end
+  redis.call("HSET", K_STATS, "completed_kept", kept)
+end
+
+-- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
+-- (the digest mixes the server clock's microseconds with a per-queue sequence).
+-- Returns the reserve reply and the lease length in ms.
+local function lease(job_id, now)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
+    "gid", "first_started_ms")
+  local timeout = to_int(f[4])
+  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
+  local attempt = to_int(f[2]) + 1
+  local lock_until = now + timeout
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local t = redis.call("TIME")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. t[1] .. "." .. t[2])
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "first_started_ms", now)
+  end
+  redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+    "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
+  redis.call("ZREM", idx_key("wait"), job_id)
+  redis.call("ZADD", idx_key("active"), now, job_id)
+  stat_add("active", 1)
+  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
+end
+
+-- Called after the id was removed from K_ACTIVE: frees the group slot.
+local function left_active(job_id, gid, now)
+  redis.call("ZREM", idx_key("active"), job_id)
+  stat_add("active", -1)
+  if gid and gid ~= "" then
+    local k_inflight = group_key(gid, "inflight")
+    if redis.call("DECR", k_inflight) <= 0 then
+      redis.call("DEL", k_inflight)
+    end
+    group_ready_if_room(gid, now)
+  end
+end
+
+-- A lease that ended without success (ack_fail, reap): retry after the backoff,
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
+  local max_attempts = to_int(f[2])
+  if max_attempts <= 0 then max_attempts = 1 end
+  redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
+  if final or to_int(f[1]) >= max_attempts then
+    enter_failed(job_id, now)
+    return nil
+  end
+  local due = now + to_int(f[3])
+  enter_delayed(job_id, due, now)
+  return due
+end
+
+-- Heartbeat and both acks check the token first, then that the job is active.
+local function check_lease(job_id, token)
+  if not token or token == "" then return "TOKEN_REQUIRED" end
+  local current = redis.call("HGET", job_key(job_id), "lease_token")
+  if current ~= token then return "TOKEN_MISMATCH" end
+  if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
+  return nil
+end
+
+local MAX_ACKS = 1000
+local now = now_or_server(ARGV[1])
+local count = to_int(ARGV[2])
+
+if count > MAX_ACKS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_ACKS)} end
+if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
+
+local out = {}
+local done = 0
+for i = 1, count do
+  local job_id = ARGV[1 + 2 * i]
+  local err
+  if job_id == "" then err = "BAD_JOB_ID" else err = check_lease(job_id, ARGV[2 + 2 * i]) end
+  out[#out + 1] = job_id
+  if err then
+    out[#out + 1] = "ERR"
+    out[#out + 1] = err
+  else
+    redis.call("ZREM", K_ACTIVE, job_id)
+    local k_job = job_key(job_id)
+    redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
+    left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+    enter_completed(job_id, now)
+    out[#out + 1] = "OK"
+    done = done + 1
+  end
+end
+if done > 0 then stat_times(now, "last_finish_ms") end
+return out

@@ -1,0 +1,273 @@
+-- reserve_batch (omniq-tasks extension): lease up to max_jobs jobs in one call,
+-- each picked exactly as reserve picks one (lane:rr, groups and their limits).
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     now_ms ("0" = server clock), max_jobs (1..1000)
+-- Reply    {"EMPTY"} | {"PAUSED"} |
+--          {"JOBS", then per job: job_id, payload, lock_until_ms, attempt, max_attempts,
+--          gid, lease_token, timeout_ms}
+-- Errors   none
+-- Generated from lua_src/reserve_batch.lua by tools/build_lua.py: edit the source, not this file.
+
+-- base: reading numbers, the clock and the queue base from the anchor.
+local function to_int(v)
+  if not v or v == "" then return 0 end
+  local n = tonumber(v)
+  if not n then return 0 end
+  return math.floor(n)
+end
+
+-- The Redis server clock in ms. Used when a caller sends now_ms "0" or nothing,
+-- so that workers on machines with skewed clocks agree on leases.
+local function server_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function now_or_server(v)
+  local n = to_int(v)
+  if n > 0 then return n end
+  return server_ms()
+end
+
+-- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
+local base = KEYS[1]
+if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
+
+-- lanes: every move of a job between lanes, each updating the lane, the idx:*
+-- mirror and the stats counters together so they never disagree.
+local K_WAIT = base .. ":wait"
+local K_ACTIVE = base .. ":active"
+local K_DELAYED = base .. ":delayed"
+local K_FAILED = base .. ":failed"
+local K_COMPLETED = base .. ":completed"
+local K_GROUPS_READY = base .. ":groups:ready"
+local K_STATS = base .. ":stats"
+local KEEP_COMPLETED = 100
+local DEFAULT_TIMEOUT_MS = 60000
+
+local function job_key(job_id) return base .. ":job:" .. job_id end
+local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
+local function idx_key(lane) return base .. ":idx:" .. lane end
+
+-- A decrement never leaves a counter below 0.
+local function stat_add(field, delta)
+  if delta == 0 then return end
+  if redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+    redis.call("HSET", K_STATS, field, "0")
+  end
+end
+
+local function stat_times(now, field)
+  if field then
+    redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
+  else
+    redis.call("HSET", K_STATS, "last_activity_ms", now)
+  end
+end
+
+local function group_limit(gid)
+  local limit = to_int(redis.call("GET", group_key(gid, "limit")))
+  if limit <= 0 then return 1 end
+  return limit
+end
+
+local function group_inflight(gid)
+  return to_int(redis.call("GET", group_key(gid, "inflight")))
+end
+
+-- Ready-making always uses ZADD NX: a group already ready keeps its place.
+local function group_ready_if_room(gid, now)
+  if group_inflight(gid) < group_limit(gid)
+      and redis.call("LLEN", group_key(gid, "wait")) > 0 then
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now, gid) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+end
+
+local function enter_wait(job_id, gid, now)
+  redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
+  redis.call("ZADD", idx_key("wait"), now, job_id)
+  stat_add("waiting_total", 1)
+  if gid ~= "" then
+    redis.call("RPUSH", group_key(gid, "wait"), job_id)
+    stat_add("group_waiting", 1)
+    group_ready_if_room(gid, now)
+  else
+    redis.call("RPUSH", K_WAIT, job_id)
+    stat_add("waiting", 1)
+  end
+end
+
+local function enter_delayed(job_id, due, now)
+  redis.call("HSET", job_key(job_id), "state", "delayed", "due_ms", due, "updated_ms", now)
+  redis.call("ZADD", K_DELAYED, due, job_id)
+  redis.call("ZADD", idx_key("delayed"), now, job_id)
+  stat_add("delayed", 1)
+end
+
+local function enter_failed(job_id, now)
+  redis.call("HSET", job_key(job_id), "state", "failed", "failed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_FAILED, job_id)
+  redis.call("ZADD", idx_key("failed"), now, job_id)
+  stat_add("failed", 1)
+end
+
+-- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
+local function enter_completed(job_id, now)
+  redis.call("HSET", job_key(job_id), "state", "completed", "completed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_COMPLETED, job_id)
+  redis.call("ZADD", idx_key("completed"), now, job_id)
+  local kept = redis.call("LLEN", K_COMPLETED)
+  while kept > KEEP_COMPLETED do
+    local old_id = redis.call("RPOP", K_COMPLETED)
+    redis.call("ZREM", idx_key("completed"), old_id)
+    redis.call("DEL", job_key(old_id))
+    kept = kept - 1
+  end
+  redis.call("HSET", K_STATS, "completed_kept", kept)
+end
+
+-- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
+-- (the digest mixes the server clock's microseconds with a per-queue sequence).
+-- Returns the reserve reply and the lease length in ms.
+local function lease(job_id, now)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
+    "gid", "first_started_ms")
+  local timeout = to_int(f[4])
+  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
+  local attempt = to_int(f[2]) + 1
+  local lock_until = now + timeout
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local t = redis.call("TIME")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. t[1] .. "." .. t[2])
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "first_started_ms", now)
+  end
+  redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+    "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
+  redis.call("ZREM", idx_key("wait"), job_id)
+  redis.call("ZADD", idx_key("active"), now, job_id)
+  stat_add("active", 1)
+  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
+end
+
+-- Called after the id was removed from K_ACTIVE: frees the group slot.
+local function left_active(job_id, gid, now)
+  redis.call("ZREM", idx_key("active"), job_id)
+  stat_add("active", -1)
+  if gid and gid ~= "" then
+    local k_inflight = group_key(gid, "inflight")
+    if redis.call("DECR", k_inflight) <= 0 then
+      redis.call("DEL", k_inflight)
+    end
+    group_ready_if_room(gid, now)
+  end
+end
+
+-- A lease that ended without success (ack_fail, reap): retry after the backoff,
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
+  local max_attempts = to_int(f[2])
+  if max_attempts <= 0 then max_attempts = 1 end
+  redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
+  if final or to_int(f[1]) >= max_attempts then
+    enter_failed(job_id, now)
+    return nil
+  end
+  local due = now + to_int(f[3])
+  enter_delayed(job_id, due, now)
+  return due
+end
+
+-- Heartbeat and both acks check the token first, then that the job is active.
+local function check_lease(job_id, token)
+  if not token or token == "" then return "TOKEN_REQUIRED" end
+  local current = redis.call("HGET", job_key(job_id), "lease_token")
+  if current ~= token then return "TOKEN_MISMATCH" end
+  if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
+  return nil
+end
+
+-- take: pick the next runnable job id without leasing it yet.
+local MAX_GROUP_POPS = 10
+local K_LANE_RR = base .. ":lane:rr"
+
+local function take_ungrouped()
+  local job_id = redis.call("LPOP", K_WAIT)
+  if not job_id then return nil end
+  stat_add("waiting", -1)
+  stat_add("waiting_total", -1)
+  return job_id, ""
+end
+
+-- Pops the oldest ready group; a group found at its limit goes back with score
+-- now + 1 so the next group gets its turn. At most MAX_GROUP_POPS pops per call.
+local function take_grouped(now)
+  for _ = 1, MAX_GROUP_POPS do
+    local popped = redis.call("ZPOPMIN", K_GROUPS_READY)
+    if #popped == 0 then return nil end
+    local gid = popped[1]
+    stat_add("groups_ready", -1)
+    local inflight = group_inflight(gid)
+    local limit = group_limit(gid)
+    if inflight >= limit then
+      if redis.call("ZADD", K_GROUPS_READY, "NX", now + 1, gid) == 1 then
+        stat_add("groups_ready", 1)
+      end
+    else
+      local job_id = redis.call("LPOP", group_key(gid, "wait"))
+      if job_id then
+        redis.call("INCR", group_key(gid, "inflight"))
+        stat_add("group_waiting", -1)
+        stat_add("waiting_total", -1)
+        group_ready_if_room(gid, now)
+        return job_id, gid
+      end
+    end
+  end
+  return nil
+end
+
+-- lane:rr "0" tries the grouped lane first, "1" the ungrouped one.
+local function take_next(now)
+  local grouped_first = to_int(redis.call("GET", K_LANE_RR)) == 0
+  local job_id, gid
+  if grouped_first then
+    job_id, gid = take_grouped(now)
+    if not job_id then job_id, gid = take_ungrouped() end
+  else
+    job_id, gid = take_ungrouped()
+    if not job_id then job_id, gid = take_grouped(now) end
+  end
+  return job_id, gid, grouped_first
+end
+
+-- Flips after each successful reserve, whichever lane served it.
+local function flip_lanes(grouped_first)
+  redis.call("SET", K_LANE_RR, grouped_first and "1" or "0")
+end
+
+local now = now_or_server(ARGV[1])
+local max_jobs = math.min(math.max(to_int(ARGV[2]), 1), 1000)
+
+if redis.call("EXISTS", base .. ":paused") == 1 then return {"PAUSED"} end
+
+local out = {"JOBS"}
+for _ = 1, max_jobs do
+  local job_id, _, grouped_first = take_next(now)
+  if not job_id then break end
+  flip_lanes(grouped_first)
+  local job, timeout = lease(job_id, now)
+  for i = 2, 8 do out[#out + 1] = job[i] end
+  out[#out + 1] = tostring(timeout)
+end
+if #out == 1 then return {"EMPTY"} end
+stat_times(now, "last_reserve_ms")
+return out

@@ -1,0 +1,224 @@
+"""Task[P, R]: a function bound to a queue, callable in-process or published as a job."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import typing
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar, Union
+
+import msgspec
+from typing_extensions import ParamSpec
+
+from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError
+from .client import JobSpec, job_spec
+from .envelope import build_envelope
+from .keys import validate_queue
+from .results import JobHandle
+
+if TYPE_CHECKING:
+    from .app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+GidRule = Union[str, Callable[..., str], None]
+_encode = msgspec.json.Encoder().encode
+
+
+def _due_ms(countdown: float | None, eta: datetime | float | None) -> int:
+    """Epoch ms for countdown (seconds from now) or eta (aware datetime or epoch seconds)."""
+    if countdown is not None and eta is not None:
+        raise ValueError("pass countdown or eta, not both")
+    if countdown is not None:
+        if countdown < 0:
+            raise ValueError(f"countdown must be >= 0 seconds, got {countdown}")
+        return int((time.time() + countdown) * 1000)
+    if eta is None:
+        return 0
+    if isinstance(eta, datetime):
+        if eta.tzinfo is None:
+            raise ValueError("eta must be an aware datetime (with tzinfo); naive times are ambiguous")
+        return int(eta.timestamp() * 1000)
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        return int(eta * 1000)
+    raise TypeError(f"eta must be an aware datetime or epoch seconds, not {type(eta).__name__}")
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run the function here; ``.delay()`` to queue it.
+
+    Options (queue, gid, group_limit, max_attempts, timeout_ms, backoff_ms) come
+    from ``@app.task(...)``, falling back to the App's defaults.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        queue: str,
+        gid: GidRule = None,
+        group_limit: int = 0,
+        max_attempts: int,
+        timeout_ms: int,
+        backoff_ms: int,
+        raw: bool = False,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = validate_queue(queue)
+        self.gid = gid
+        self.group_limit = group_limit
+        self.max_attempts = max_attempts
+        self.timeout_ms = timeout_ms
+        self.backoff_ms = backoff_ms
+        self.raw = raw
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.codec = ArgumentCodec(fn, name)
+        if raw and len(self.codec.params) != 1:
+            raise TaskDefinitionError(
+                f"raw task {name} must take exactly one parameter for the payload "
+                f"(besides a JobContext), not {len(self.codec.params)}")
+        if raw:
+            annotation = typing.get_type_hints(fn).get(self.codec.params[0], Any)
+            self.raw_decoder: msgspec.json.Decoder[Any] | None = msgspec.json.Decoder(annotation)
+        else:
+            self.raw_decoder = None
+        if isinstance(gid, str) and "{" in gid:
+            self._check_gid_template(gid)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def _check_gid_template(self, template: str) -> None:
+        import string
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is not None and field.split(".")[0].split("[")[0] not in self.codec.params:
+                raise TaskDefinitionError(
+                    f"task {self.name}: gid template {template!r} names {field!r}, "
+                    f"which is not a parameter ({', '.join(self.codec.params) or 'none'})")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process, now (no queue involved)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    # -- publishing -------------------------------------------------------------
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Queue a run with these arguments; returns its handle."""
+        return self.apply_async(args, kwargs)
+
+    def apply_at(self, when: datetime | float, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Queue a run due at ``when`` (an aware datetime, or epoch seconds)."""
+        return self.apply_async(args, kwargs, eta=when)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        queue: str | None = None,
+        gid: str | None = None,
+        group_limit: int | None = None,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        backoff_ms: int | None = None,
+    ) -> JobHandle:
+        """Queue a run with per-call options; arguments are checked before Redis is touched."""
+        target = validate_queue(queue) if queue is not None else self.queue
+        spec = self.prepare(
+            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta), gid=gid,
+            group_limit=group_limit, job_id=job_id, max_attempts=max_attempts,
+            timeout_ms=timeout_ms, backoff_ms=backoff_ms)
+        published = self.app.client.enqueue_many(target, [spec], wake_cap=self.app.wake_cap)[0]
+        return JobHandle(self.app.client, target, published.job_id, published.existed)
+
+    def map(self, calls: Iterable[Any], *, queue: str | None = None) -> list[JobHandle]:
+        """Queue one run per item, in bulk (one script call per 1000 jobs).
+
+        Each item is a tuple of positional arguments, a dict of named ones, or a
+        single non-tuple value for a one-parameter task. All items are checked
+        before anything is published.
+        """
+        target = validate_queue(queue) if queue is not None else self.queue
+        specs: list[JobSpec] = []
+        for item in calls:
+            if isinstance(item, tuple):
+                specs.append(self.prepare(item, {}))
+            elif isinstance(item, dict):
+                specs.append(self.prepare((), item))
+            else:
+                specs.append(self.prepare((item,), {}))
+        client = self.app.client
+        published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
+        return [JobHandle(client, target, p.job_id, p.existed) for p in published]
+
+    def prepare(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        due_ms: int = 0,
+        gid: str | None = None,
+        group_limit: int | None = None,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        backoff_ms: int | None = None,
+    ) -> JobSpec:
+        """Encode and check one call as a JobSpec, without publishing it."""
+        if self.raw:
+            payload = self._raw_payload(args, kwargs)
+            call_args: dict[str, Any] = {}
+        else:
+            call_args, kwargs_json = self.codec.encode_call(args, kwargs)
+            payload = build_envelope(self.name, kwargs_json)
+        return job_spec(
+            payload,
+            job_id=job_id,
+            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
+            timeout_ms=self.timeout_ms if timeout_ms is None else timeout_ms,
+            backoff_ms=self.backoff_ms if backoff_ms is None else backoff_ms,
+            due_ms=due_ms,
+            gid=gid if gid is not None else self._resolve_gid(args, kwargs, call_args),
+            group_limit=self.group_limit if group_limit is None else group_limit,
+        )
+
+    def _raw_payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        values = list(args) + list(kwargs.values())
+        if len(values) != 1:
+            raise TaskArgumentError(f"raw task {self.name} takes exactly one argument (the payload)")
+        try:
+            data = _encode(values[0])
+        except (TypeError, ValueError) as exc:
+            raise TaskArgumentError(f"raw task {self.name}: cannot encode payload: {exc}") from None
+        if data[:1] not in (b"{", b"["):
+            raise TaskArgumentError(f"raw task {self.name}: the payload must be a JSON object or array")
+        return data
+
+    def _resolve_gid(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     call_args: dict[str, Any]) -> str | None:
+        rule = self.gid
+        if rule is None:
+            return None
+        if callable(rule):
+            value = rule(*args, **kwargs)
+        elif "{" in rule:
+            defaults = {n: p.default for n, p in self.codec.call_signature.parameters.items()
+                        if p.default is not inspect.Parameter.empty}
+            value = rule.format(**{**defaults, **call_args})
+        else:
+            value = rule
+        if not isinstance(value, str):
+            raise TaskArgumentError(f"task {self.name}: gid must be a str, got {type(value).__name__}")
+        return value

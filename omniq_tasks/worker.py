@@ -1,0 +1,305 @@
+"""The worker loop: reserve into free slots, run, ack, heartbeat, maintain.
+
+One thread owns every Redis call of the loop; jobs run in a runner (threads,
+processes, or the event loop for ``async def`` tasks) and report back through
+an in-memory queue, so acks go out in batches and one heartbeat pass serves
+every running job. ``Worker.step()`` is one pass of the loop, for tests.
+
+Queue order: with several queues, each pass fills free slots from the first
+queue first and moves to the next only while slots remain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import redis as redis_lib
+
+from . import keys
+from .errors import LeaseLostError, OmniqError
+from .execution import Outcome
+from .models import QueuePaused, ReservedJob
+from .runners import ProcessRunner, ThreadRunner
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+_WAKE = object()
+
+
+class Running:
+    """A job this worker holds a lease on."""
+
+    __slots__ = ("job", "started", "renew_at", "lost")
+
+    def __init__(self, job: ReservedJob, now: float, renew_every: float) -> None:
+        self.job = job
+        self.started = now
+        self.renew_at = now + renew_every
+        self.lost = False
+
+
+def renew_interval(timeout_ms: int) -> float:
+    """Heartbeat after a third of the lease, so two beats can fail before it expires."""
+    return max(timeout_ms / 3000.0, 0.05)
+
+
+class Worker:
+    """Runs the tasks of ``app`` from ``queues`` (default: every queue of its tasks)."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int | None = None,
+        pool: str = "threads",
+        app_path: str | None = None,
+        drain: bool = False,
+        grace_s: float = 30.0,
+        poll_interval_s: float = 1.0,
+        maintenance_interval_s: float = 1.0,
+        paused_backoff_s: float = 1.0,
+    ) -> None:
+        self.app = app
+        self.client = app.client
+        self.queues = [keys.validate_queue(q) for q in (queues or app.registry.queues())]
+        if not self.queues:
+            raise OmniqError("no queues to work on: register a task or pass queues")
+        if pool not in ("threads", "processes"):
+            raise ValueError(f"pool must be 'threads' or 'processes', not {pool!r}")
+        self.concurrency = concurrency or (os.cpu_count() or 2 if pool == "processes" else 8)
+        self.drain = drain
+        self.grace_s = grace_s
+        self.poll_interval_s = poll_interval_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.paused_backoff_s = paused_backoff_s
+        self.running: dict[str, Running] = {}
+        self.processed = 0
+        self._events: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self._paused_until: dict[str, float] = {}
+        self._next_maintenance = 0.0
+        self._next_heartbeat = float("inf")
+        self._stopping = threading.Event()
+        self._signals = 0
+        self._idle = threading.Event()
+        if pool == "processes":
+            if not app_path:
+                raise ValueError("pool='processes' needs app_path ('module:app') for the children")
+            self.runner: ThreadRunner | ProcessRunner = ProcessRunner(app_path, self.concurrency, self._done)
+        else:
+            self.runner = ThreadRunner(app, self.concurrency, self._done)
+        self._waker: threading.Thread | None = None
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def _done(self, job: ReservedJob, outcome: Outcome) -> None:
+        self._events.put((job, outcome))
+
+    def step(self) -> int:
+        """Ack what finished, heartbeat, maintain, fill free slots; returns jobs started."""
+        now = time.monotonic()
+        self._collect()
+        if now >= self._next_heartbeat:
+            self._heartbeat(now)
+        if now >= self._next_maintenance:
+            self._maintain()
+            self._next_maintenance = now + self.maintenance_interval_s
+        if self._stopping.is_set():
+            return 0
+        return self._reserve(now)
+
+    def _collect(self, block_s: float = 0.0) -> None:
+        finished: list[tuple[ReservedJob, Outcome]] = []
+        try:
+            item = self._events.get(timeout=block_s) if block_s > 0 else self._events.get_nowait()
+            while True:
+                if item is not _WAKE:
+                    finished.append(item)
+                item = self._events.get_nowait()
+        except queue_mod.Empty:
+            pass
+        if finished:
+            self._ack(finished)
+
+    def _ack(self, finished: list[tuple[ReservedJob, Outcome]]) -> None:
+        now = time.monotonic()
+        succeeded: dict[str, list[tuple[str, str]]] = {}
+        for job, outcome in finished:
+            entry = self.running.pop(job.job_id, None)
+            elapsed_ms = (now - entry.started) * 1000 if entry else 0.0
+            self.processed += 1
+            if entry is not None and entry.lost:
+                log.warning("lease lost: %s job=%s queue=%s finished after its lease ended; not acked",
+                            outcome.task, job.job_id, job.queue)
+                continue
+            if outcome.ok:
+                succeeded.setdefault(job.queue, []).append((job.job_id, job.lease_token))
+                if log.isEnabledFor(logging.INFO):
+                    log.info("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
+                             job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)
+            else:
+                self._fail(job, outcome, elapsed_ms)
+        for queue, leases in succeeded.items():
+            for item in self.client.ack_success_batch(queue, leases):
+                if not item.ok:
+                    log.warning("lease lost: job=%s queue=%s was not acked: %s", item.job_id, queue, item.reason)
+
+    def _fail(self, job: ReservedJob, outcome: Outcome, elapsed_ms: float) -> None:
+        try:
+            result = self.client.ack_fail(job.queue, job.job_id, job.lease_token,
+                                          error=outcome.error, final=outcome.final)
+        except LeaseLostError as exc:
+            log.warning("lease lost: %s job=%s queue=%s: %s", outcome.task, job.job_id, job.queue, exc.reason)
+            return
+        first_line = outcome.error.split("\n", 1)[0]
+        if result.status == "RETRY":
+            log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry at %d: %s",
+                        outcome.task, job.job_id, job.queue, job.attempt, job.max_attempts,
+                        elapsed_ms, result.due_ms, first_line)
+        else:
+            log.error("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, for good: %s",
+                      outcome.task or "?", job.job_id, job.queue, job.attempt, job.max_attempts,
+                      elapsed_ms, first_line)
+
+    def _heartbeat(self, now: float) -> None:
+        due = [r for r in self.running.values() if r.renew_at <= now and not r.lost]
+        for entry in due:
+            job = entry.job
+            try:
+                self.client.heartbeat(job.queue, job.job_id, job.lease_token)
+                entry.renew_at = now + renew_interval(job.timeout_ms)
+            except LeaseLostError as exc:
+                entry.lost = True
+                log.warning("lease lost: job=%s queue=%s (%s); it will not be acked",
+                            job.job_id, job.queue, exc.reason)
+        self._next_heartbeat = min((r.renew_at for r in self.running.values() if not r.lost),
+                                   default=float("inf"))
+
+    def _maintain(self) -> None:
+        for queue in self.queues:
+            try:
+                self.client.promote_delayed(queue)
+                self.client.reap_expired(queue)
+            except redis_lib.RedisError as exc:
+                log.warning("maintenance of queue %s failed: %s", queue, exc)
+
+    def _reserve(self, now: float) -> int:
+        started = 0
+        for queue in self.queues:
+            free = self.concurrency - len(self.running)
+            if free <= 0:
+                break
+            if self._paused_until.get(queue, 0.0) > now:
+                continue
+            jobs = self.client.reserve_batch(queue, free)
+            if isinstance(jobs, QueuePaused):
+                self._paused_until[queue] = now + self.paused_backoff_s
+                continue
+            for job in jobs:
+                renew = renew_interval(job.timeout_ms)
+                self.running[job.job_id] = Running(job, now, renew)
+                self._next_heartbeat = min(self._next_heartbeat, now + renew)
+                self.runner.submit(job)
+            started += len(jobs)
+        return started
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (signal or ``stop()``), or until idle with ``drain``; returns an exit code."""
+        self._install_signals()
+        log.info("worker for app %s: queues %s, concurrency %d", self.app.name,
+                 ",".join(self.queues), self.concurrency)
+        try:
+            while not self._stopping.is_set():
+                started = self.step()
+                if started:
+                    continue
+                if self.drain and not self.running:
+                    log.info("drained: nothing left to run in %s", ",".join(self.queues))
+                    break
+                self._wait()
+            return self._finish()
+        finally:
+            self.runner.stop()
+
+    def _wait(self) -> None:
+        """Block until a job finishes, a publisher wakes us, or a timer is due."""
+        now = time.monotonic()
+        until = min(self._next_heartbeat, self._next_maintenance, now + self.poll_interval_s)
+        if len(self.running) < self.concurrency:
+            self._ensure_waker()
+            self._idle.set()
+        self._collect(block_s=max(until - now, 0.001))
+        self._idle.clear()
+
+    def _ensure_waker(self) -> None:
+        if self._waker is None:
+            self._waker = threading.Thread(target=self._wake_loop, name="omniq-waker", daemon=True)
+            self._waker.start()
+
+    def _wake_loop(self) -> None:
+        """Block on the queues' wake lists (pushed by our publishers) while we have free slots."""
+        conn = self.client.redis
+        wake_keys = [keys.queue_base(q) + ":wake" for q in self.queues]
+        single_slot = len(wake_keys) == 1 or not self.app.cluster
+        while not self._stopping.is_set():
+            if not self._idle.wait(timeout=1.0):
+                continue
+            try:
+                if single_slot:
+                    got = conn.blpop(wake_keys, timeout=self.poll_interval_s)
+                else:  # cluster: one slot per queue, BLPOP cannot span them
+                    got = conn.blpop(wake_keys[:1], timeout=self.poll_interval_s)
+            except redis_lib.RedisError as exc:
+                log.debug("wake wait failed: %s", exc)
+                time.sleep(self.poll_interval_s)
+                continue
+            if got:
+                self._events.put(_WAKE)
+
+    def _finish(self) -> int:
+        """Let running jobs finish within the grace period and ack them."""
+        deadline = time.monotonic() + self.grace_s
+        if self.running:
+            log.info("stopping: waiting up to %.0f s for %d running job(s)", self.grace_s, len(self.running))
+        while self.running and time.monotonic() < deadline:
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                self._heartbeat(now)
+            self._collect(block_s=min(0.2, max(deadline - now, 0.001)))
+        if self.running:
+            log.warning("grace period over: %d job(s) left unacked; they run again after their lease",
+                        len(self.running))
+        return 0
+
+    def stop(self) -> None:
+        """Stop reserving; running jobs finish within the grace period."""
+        self._stopping.set()
+        self._events.put(_WAKE)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("second signal: exiting now; %d unacked job(s) run again after their lease",
+                            len(self.running))
+                os._exit(1)
+            log.info("signal %s: finishing running jobs, then exiting (signal again to exit now)",
+                     signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
