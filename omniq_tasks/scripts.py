@@ -24,7 +24,7 @@ ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 @cache
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` from the installed package."""
-    return resources.files("omniq_tasks").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return resources.files("omniq_tasks").joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 def scripts_dir() -> str:
