@@ -14,16 +14,15 @@ local token = ARGV[3]
 local error_text = ARGV[4] or ""
 local final = ARGV[5] == "1"
 
-local err = check_lease(job_id, token)
+local err, gid = check_lease(job_id, token)
 if err then return {"ERR", err} end
 
 redis.call("ZREM", K_ACTIVE, job_id)
-local k_job = job_key(job_id)
 if error_text ~= "" then
-  redis.call("HSET", k_job, "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+  redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
     "last_error_ms", now)
 end
-left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+left_active(job_id, gid, now)
 local due = retry_or_fail(job_id, now, final)
 stat_times(now, "last_finish_ms")
 if due then return {"RETRY", tostring(due)} end

@@ -9,13 +9,11 @@ local job_id = ARGV[1] or ""
 local now = now_or_server(ARGV[2])
 local token = ARGV[3]
 
-local err = check_lease(job_id, token)
+local err, gid = check_lease(job_id, token)
 if err then return {"ERR", err} end
 
 redis.call("ZREM", K_ACTIVE, job_id)
-local k_job = job_key(job_id)
-redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
-left_active(job_id, redis.call("HGET", k_job, "gid"), now)
-enter_completed(job_id, now)
+left_active(job_id, gid, now)
+enter_completed(job_id, now, true)
 stat_times(now, "last_finish_ms")
 return {"OK"}

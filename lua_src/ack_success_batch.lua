@@ -17,18 +17,16 @@ local out = {}
 local done = 0
 for i = 1, count do
   local job_id = ARGV[1 + 2 * i]
-  local err
-  if job_id == "" then err = "BAD_JOB_ID" else err = check_lease(job_id, ARGV[2 + 2 * i]) end
+  local err, gid
+  if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[2 + 2 * i]) end
   out[#out + 1] = job_id
   if err then
     out[#out + 1] = "ERR"
     out[#out + 1] = err
   else
     redis.call("ZREM", K_ACTIVE, job_id)
-    local k_job = job_key(job_id)
-    redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
-    left_active(job_id, redis.call("HGET", k_job, "gid"), now)
-    enter_completed(job_id, now)
+    left_active(job_id, gid, now)
+    enter_completed(job_id, now, true)
     out[#out + 1] = "OK"
     done = done + 1
   end

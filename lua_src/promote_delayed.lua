@@ -1,4 +1,5 @@
--- promote_delayed: move due jobs from delayed back to their wait lane.
+-- promote_delayed: move due jobs from delayed back to their wait lane. A delayed id
+-- without a job hash is dropped (and counted), as reap_expired drops one.
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), max_promote (default 1000)
 -- Reply    {"OK", count}
@@ -13,7 +14,8 @@ for _, job_id in ipairs(ids) do
   redis.call("ZREM", K_DELAYED, job_id)
   redis.call("ZREM", idx_key("delayed"), job_id)
   stat_add("delayed", -1)
-  enter_wait(job_id, redis.call("HGET", job_key(job_id), "gid") or "", now)
+  local f = redis.call("HMGET", job_key(job_id), "state", "gid")
+  if f[1] then enter_wait(job_id, f[2] or "", now) end
 end
 if #ids > 0 then stat_times(now) end
 return {"OK", tostring(#ids)}

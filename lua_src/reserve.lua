@@ -13,8 +13,11 @@ local now = now_or_server(ARGV[1])
 if redis.call("EXISTS", base .. ":paused") == 1 then return {"PAUSED"} end
 
 local job_id, gid, grouped_first = take_next(now)
-if not job_id then return {"EMPTY"} end
+if not job_id then
+  flush_stats()  -- popping a group with nothing left still changes groups_ready
+  return {"EMPTY"}
+end
 flip_lanes(grouped_first)
-stat_times(now, "last_reserve_ms")
 local reply = lease(job_id, now)
+stat_times(now, "last_reserve_ms")
 return reply

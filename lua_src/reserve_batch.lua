@@ -23,6 +23,9 @@ for _ = 1, max_jobs do
   for i = 2, 8 do out[#out + 1] = job[i] end
   out[#out + 1] = tostring(timeout)
 end
-if #out == 1 then return {"EMPTY"} end
+if #out == 1 then
+  flush_stats()  -- popping a group with nothing left still changes groups_ready
+  return {"EMPTY"}
+end
 stat_times(now, "last_reserve_ms")
 return out

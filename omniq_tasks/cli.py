@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest idle wait before looking for jobs again (default 1)")
     worker.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    demo = commands.add_parser(
+        "demo", help="run a small end-to-end demo on a throwaway redis-server",
+        description="Publish grouped, typed jobs and a failing one, run a worker, print what happened.")
+    demo.add_argument("--redis-url", default=None,
+                      help="use this Redis instead of starting a throwaway redis-server")
     return parser
 
 
@@ -68,5 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "demo":
+        from .demo import run
+
+        logging.basicConfig(level=logging.WARNING)
+        return run(args.redis_url)
     parser.print_help(sys.stdout)
     return 0

@@ -34,6 +34,8 @@ REMOVABLE_LANES = ("wait", "gwait", "delayed", "failed", "completed")
 DEFAULT_WAKE_CAP = 64
 ENQUEUE_CHUNK = 1000
 _json_encode = msgspec.json.Encoder().encode
+# What follows the id in a batch reply entry (never a reason word).
+_ITEM_STATUSES = ("OK", "ERR", "EXISTS")
 
 
 def new_job_id() -> str:
@@ -159,6 +161,17 @@ class OmniqClient:
                                  queue=queue, job_id=job_id)
         return reply
 
+    @classmethod
+    def _raise_if_batch_err(cls, reply: Any, queue: str) -> list[Any]:
+        """A batch's flat ``id, status, ...`` reply, or raise for a whole-call ``{"ERR", REASON}``.
+
+        A job may well be called "ERR", so the second entry decides: an item status
+        (OK, ERR, EXISTS) is never a reason word.
+        """
+        if isinstance(reply, list) and len(reply) > 1 and _text(reply[1]) in _ITEM_STATUSES:
+            return reply
+        return cls._raise_if_err(reply, queue)
+
     # -- publishing ------------------------------------------------------------
 
     def encode_payload(self, payload: Any) -> bytes:
@@ -251,7 +264,7 @@ class OmniqClient:
                         f"the limit is {self.max_payload_bytes}")
                 args += (job.job_id, job.payload, job.max_attempts, job.timeout_ms,
                          job.backoff_ms, job.due_ms, job.gid, job.group_limit)
-            reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
+            reply = self._raise_if_batch_err(self._call("enqueue_batch", anchor, *args), queue)
             i = 0
             while i + 1 < len(reply):
                 job_id, status = _text(reply[i]), _text(reply[i + 1])
@@ -398,7 +411,7 @@ class OmniqClient:
     def _batch_items(self, reply: Any, queue: str) -> list[BatchItem]:
         if reply == []:
             return []
-        reply = self._raise_if_err(reply, queue)
+        reply = self._raise_if_batch_err(reply, queue)
         items, i = [], 0
         while i + 1 < len(reply):
             job_id, status = _text(reply[i]), _text(reply[i + 1])

@@ -21,8 +21,17 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .task import Task
 
-MAX_ERROR_CHARS = 4096
+MAX_ERROR_CHARS = 4096  # ack_fail keeps 4096 bytes of last_error: we send at most that many
 TRACEBACK_FRAMES = 5
+
+
+def clip_error(text: str) -> str:
+    """At most MAX_ERROR_CHARS UTF-8 bytes, cut on a character boundary.
+
+    The script cuts last_error at 4096 bytes, which could split a character and
+    leave invalid UTF-8 in the job hash; lone surrogates (unencodable) become "?".
+    """
+    return text.encode("utf-8", "replace")[:MAX_ERROR_CHARS].decode("utf-8", "ignore")
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -51,26 +60,27 @@ def prepare(registry: Registry, queue: str, payload: str | bytes,
     if envelope is None:
         task = registry.raw_handler(queue)
         if task is None or task.raw_decoder is None:
-            return Outcome(False, "", (
+            return Outcome(False, "", clip_error(
                 f"payload is not a task envelope and queue {queue!r} has no raw handler "
                 f"(declare one with @app.task(queue={queue!r}, raw=True))"), final=True)
         try:
             value = task.raw_decoder.decode(payload)
         except msgspec.DecodeError as exc:
-            return Outcome(False, task.name, f"raw task {task.name}: payload does not fit: {exc}", final=True)
+            return Outcome(False, task.name, clip_error(f"raw task {task.name}: payload does not fit: {exc}"),
+                           final=True)
         kwargs = {task.codec.params[0]: value}
     else:
         found = registry.get(envelope.task)
         if found is None:
             known = ", ".join(registry.names()) or "none"
-            return Outcome(False, envelope.task, (
+            return Outcome(False, envelope.task, clip_error(
                 f"unknown task {envelope.task!r}: not registered in this worker "
                 f"(known tasks: {known})"), final=True)
         task = found
         try:
             decoded = task.codec.decode_parts(bytes(envelope.args), bytes(envelope.kwargs))
         except TaskArgumentError as exc:
-            return Outcome(False, task.name, f"invalid arguments: {exc}", final=True)
+            return Outcome(False, task.name, clip_error(f"invalid arguments: {exc}"), final=True)
         kwargs = task.codec.call_kwargs(decoded)
     if task.codec.context_param is not None:
         kwargs[task.codec.context_param] = make_context()
@@ -78,17 +88,21 @@ def prepare(registry: Registry, queue: str, payload: str | bytes,
 
 
 def describe_exception(exc: BaseException) -> str:
-    """Exception type, message and the last frames of its traceback, at most 4096 chars."""
+    """Exception type, message and the last frames of its traceback, at most 4096 bytes."""
     frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)
-    text = f"{type(exc).__qualname__}: {exc}\n" + "".join(frames[1:-1])
-    return text[:MAX_ERROR_CHARS]
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the failure
+        message = "<exception str() failed>"
+    text = f"{type(exc).__qualname__}: {message}\n" + "".join(frames[1:-1])
+    return clip_error(text)
 
 
 def call(prepared: PreparedCall) -> Outcome:
     """Run a prepared synchronous task."""
     try:
         prepared.task.fn(**prepared.kwargs)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
         return Outcome(False, prepared.task.name, describe_exception(exc))
     return Outcome(True, prepared.task.name)
 
@@ -97,6 +111,6 @@ async def call_async(prepared: PreparedCall) -> Outcome:
     """Run a prepared ``async def`` task."""
     try:
         await prepared.task.fn(**prepared.kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
         return Outcome(False, prepared.task.name, describe_exception(exc))
     return Outcome(True, prepared.task.name)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar, Uni
 import msgspec
 from typing_extensions import ParamSpec
 
-from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError
+from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError, _describe
 from .client import JobSpec, job_spec
+from .errors import PayloadTooLargeError
 from .envelope import build_envelope
 from .keys import validate_queue
 from .results import JobHandle
@@ -102,7 +103,7 @@ class Task(Generic[P, R]):
                     f"task {self.name}: gid template {template!r} names {field!r}, "
                     f"which is not a parameter ({', '.join(self.codec.params) or 'none'})")
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process, now (no queue involved)."""
         return self.fn(*args, **kwargs)
 
@@ -111,11 +112,12 @@ class Task(Generic[P, R]):
 
     # -- publishing -------------------------------------------------------------
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+    # ``/``: a task parameter named ``self`` or ``when`` must not collide with ours.
+    def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run with these arguments; returns its handle."""
         return self.apply_async(args, kwargs)
 
-    def apply_at(self, when: datetime | float, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+    def apply_at(self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run due at ``when`` (an aware datetime, or epoch seconds)."""
         return self.apply_async(args, kwargs, eta=when)
 
@@ -178,11 +180,15 @@ class Task(Generic[P, R]):
     ) -> JobSpec:
         """Encode and check one call as a JobSpec, without publishing it."""
         if self.raw:
-            payload = self._raw_payload(args, kwargs)
-            call_args: dict[str, Any] = {}
+            call_args, payload = self._raw_payload(args, kwargs)
         else:
             call_args, kwargs_json = self.codec.encode_call(args, kwargs)
             payload = build_envelope(self.name, kwargs_json)
+        # Checked here, per job, so a bulk publish fails before its first chunk is written.
+        if len(payload) > self.app.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"task {self.name}: payload is {len(payload)} bytes; the limit is "
+                f"{self.app.max_payload_bytes} (App(max_payload_bytes=...))")
         return job_spec(
             payload,
             job_id=job_id,
@@ -194,17 +200,23 @@ class Task(Generic[P, R]):
             group_limit=self.group_limit if group_limit is None else group_limit,
         )
 
-    def _raw_payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    def _raw_payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The call by name and the payload JSON, checked against the parameter's annotation."""
         values = list(args) + list(kwargs.values())
         if len(values) != 1:
             raise TaskArgumentError(f"raw task {self.name} takes exactly one argument (the payload)")
         try:
             data = _encode(values[0])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise TaskArgumentError(f"raw task {self.name}: cannot encode payload: {exc}") from None
         if data[:1] not in (b"{", b"["):
             raise TaskArgumentError(f"raw task {self.name}: the payload must be a JSON object or array")
-        return data
+        if self.raw_decoder is not None:  # what the worker's raw decoder would refuse
+            try:
+                self.raw_decoder.decode(data)
+            except msgspec.DecodeError as exc:
+                raise TaskArgumentError(f"raw task {self.name}: {_describe(exc)}") from None
+        return {self.codec.params[0]: values[0]}, data
 
     def _resolve_gid(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                      call_args: dict[str, Any]) -> str | None:

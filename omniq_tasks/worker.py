@@ -17,14 +17,17 @@ import queue as queue_mod
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import redis as redis_lib
 
 from . import keys
+from .client import _text
 from .errors import LeaseLostError, OmniqError
 from .execution import Outcome
 from .models import QueuePaused, ReservedJob
+from .pipeline import ScriptCall, call_many, parse_reserved
 from .runners import ProcessRunner, ThreadRunner
 
 if TYPE_CHECKING:
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WAKE = object()
+# How long to keep collecting finished jobs once one finished (see _drain_events).
+LINGER_S = 0.0002
 
 
 class Running:
@@ -98,6 +103,7 @@ class Worker:
         else:
             self.runner = ThreadRunner(app, self.concurrency, self._done)
         self._waker: threading.Thread | None = None
+        self._outage_s = 0.0
 
     # -- one pass ---------------------------------------------------------------------
 
@@ -106,65 +112,133 @@ class Worker:
 
     def step(self) -> int:
         """Ack what finished, heartbeat, maintain, fill free slots; returns jobs started."""
+        return self._step(self._drain_events())
+
+    def _step(self, finished: list[tuple[ReservedJob, Outcome]]) -> int:
         now = time.monotonic()
-        self._collect()
         if now >= self._next_heartbeat:
             self._heartbeat(now)
         if now >= self._next_maintenance:
             self._maintain()
             self._next_maintenance = now + self.maintenance_interval_s
-        if self._stopping.is_set():
-            return 0
-        return self._reserve(now)
+        return self._exchange(finished, now)
 
-    def _collect(self, block_s: float = 0.0) -> None:
+    def _drain_events(self, block_s: float = 0.0) -> list[tuple[ReservedJob, Outcome]]:
+        """Take what finished; with ``block_s``, wait up to that long for the first event.
+
+        After the first, keep taking events while they arrive less than LINGER_S
+        apart: fast jobs leased together finish together, and one round trip then
+        acks them all (and refills their slots) instead of one pass per job.
+        """
         finished: list[tuple[ReservedJob, Outcome]] = []
+        get = self._events.get
         try:
-            item = self._events.get(timeout=block_s) if block_s > 0 else self._events.get_nowait()
+            item = get(timeout=block_s) if block_s > 0 else get(block=False)
             while True:
                 if item is not _WAKE:
                     finished.append(item)
-                item = self._events.get_nowait()
+                if len(finished) >= len(self.running):
+                    item = get(block=False)
+                else:
+                    item = get(timeout=LINGER_S)
         except queue_mod.Empty:
             pass
-        if finished:
-            self._ack(finished)
+        return finished
 
-    def _ack(self, finished: list[tuple[ReservedJob, Outcome]]) -> None:
-        now = time.monotonic()
-        succeeded: dict[str, list[tuple[str, str]]] = {}
+    def _exchange(self, finished: list[tuple[ReservedJob, Outcome]], now: float) -> int:
+        """Ack what finished and lease jobs into the free slots, in one round trip.
+
+        If Redis cannot be reached this raises before anything changes here, and the
+        caller passes the same ``finished`` again later.
+        """
+        calls: list[ScriptCall] = []
+        on_reply: list[Callable[[Any], None]] = []
+        succeeded: dict[str, list[tuple[ReservedJob, Outcome, float]]] = {}
         for job, outcome in finished:
-            entry = self.running.pop(job.job_id, None)
+            entry = self.running.get(job.job_id)
             elapsed_ms = (now - entry.started) * 1000 if entry else 0.0
-            self.processed += 1
             if entry is not None and entry.lost:
                 log.warning("lease lost: %s job=%s queue=%s finished after its lease ended; not acked",
                             outcome.task, job.job_id, job.queue)
-                continue
-            if outcome.ok:
-                succeeded.setdefault(job.queue, []).append((job.job_id, job.lease_token))
-                if log.isEnabledFor(logging.INFO):
-                    log.info("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
-                             job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)
+            elif outcome.ok:
+                succeeded.setdefault(job.queue, []).append((job, outcome, elapsed_ms))
             else:
-                self._fail(job, outcome, elapsed_ms)
-        for queue, leases in succeeded.items():
-            for item in self.client.ack_success_batch(queue, leases):
-                if not item.ok:
-                    log.warning("lease lost: job=%s queue=%s was not acked: %s", item.job_id, queue, item.reason)
+                args: list[Any] = [job.job_id, 0, job.lease_token, outcome.error]
+                if outcome.final:
+                    args.append("1")
+                calls.append(("ack_fail", keys.queue_anchor(job.queue), args))
+                on_reply.append(partial(self._log_failure, job, outcome, elapsed_ms))
+        for queue, done in succeeded.items():
+            args = [0, len(done)]
+            for job, _, _ in done:
+                args += (job.job_id, job.lease_token)
+            calls.append(("ack_success_batch", keys.queue_anchor(queue), args))
+            on_reply.append(partial(self._log_acked, queue, done))
 
-    def _fail(self, job: ReservedJob, outcome: Outcome, elapsed_ms: float) -> None:
-        try:
-            result = self.client.ack_fail(job.queue, job.job_id, job.lease_token,
-                                          error=outcome.error, final=outcome.final)
-        except LeaseLostError as exc:
-            log.warning("lease lost: %s job=%s queue=%s: %s", outcome.task, job.job_id, job.queue, exc.reason)
+        ready = [q for q in self.queues if self._paused_until.get(q, 0.0) <= now]
+        free = self.concurrency - len(self.running) + len(finished)
+        reserving = free > 0 and bool(ready) and not self._stopping.is_set()
+        if reserving:
+            calls.append(("reserve_batch", keys.queue_anchor(ready[0]), (0, free)))
+        if not calls:
+            return 0
+        replies = call_many(self.client, calls)
+        for job, _ in finished:
+            self.running.pop(job.job_id, None)
+        self.processed += len(finished)
+        for handle, reply in zip(on_reply, replies):
+            handle(reply)
+        if not reserving:
+            return 0
+        started = self._start(ready[0], replies[-1], now)
+        for queue in ready[1:]:  # later queues only get what the earlier ones left
+            free = self.concurrency - len(self.running)
+            if free <= 0:
+                break
+            started += self._start(queue, self.client.scripts["reserve_batch"](
+                keys=[keys.queue_anchor(queue)], args=(0, free)), now)
+        return started
+
+    def _start(self, queue: str, reply: Any, now: float) -> int:
+        if isinstance(reply, Exception):
+            raise reply
+        jobs = parse_reserved(queue, reply)
+        if isinstance(jobs, QueuePaused):
+            self._paused_until[queue] = now + self.paused_backoff_s
+            return 0
+        for job in jobs:
+            renew = renew_interval(job.timeout_ms)
+            self.running[job.job_id] = Running(job, now, renew)
+            self._next_heartbeat = min(self._next_heartbeat, now + renew)
+            self.runner.submit(job)
+        return len(jobs)
+
+    def _log_acked(self, queue: str, done: list[tuple[ReservedJob, Outcome, float]], reply: Any) -> None:
+        if isinstance(reply, Exception):
+            log.error("ack of %d finished job(s) in queue %s failed (they run again after their lease): %s",
+                      len(done), queue, reply)
             return
+        lost = {item.job_id: item.reason for item in self.client._batch_items(reply, queue) if not item.ok}
+        for job, outcome, elapsed_ms in done:
+            if job.job_id in lost:
+                log.warning("lease lost: %s job=%s queue=%s was not acked: %s",
+                            outcome.task, job.job_id, queue, lost[job.job_id])
+            elif log.isEnabledFor(logging.INFO):
+                log.info("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
+                         job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)
+
+    @staticmethod
+    def _log_failure(job: ReservedJob, outcome: Outcome, elapsed_ms: float, reply: Any) -> None:
         first_line = outcome.error.split("\n", 1)[0]
-        if result.status == "RETRY":
-            log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry at %d: %s",
+        status = _text(reply[0]) if isinstance(reply, list) and reply else ""
+        if isinstance(reply, Exception) or status == "ERR":
+            why = reply if isinstance(reply, Exception) else _text(reply[1])
+            log.warning("lease lost: %s job=%s queue=%s failed but was not acked: %s",
+                        outcome.task or "?", job.job_id, job.queue, why)
+        elif status == "RETRY":
+            log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry at %s: %s",
                         outcome.task, job.job_id, job.queue, job.attempt, job.max_attempts,
-                        elapsed_ms, result.due_ms, first_line)
+                        elapsed_ms, _text(reply[1]), first_line)
         else:
             log.error("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, for good: %s",
                       outcome.task or "?", job.job_id, job.queue, job.attempt, job.max_attempts,
@@ -192,26 +266,6 @@ class Worker:
             except redis_lib.RedisError as exc:
                 log.warning("maintenance of queue %s failed: %s", queue, exc)
 
-    def _reserve(self, now: float) -> int:
-        started = 0
-        for queue in self.queues:
-            free = self.concurrency - len(self.running)
-            if free <= 0:
-                break
-            if self._paused_until.get(queue, 0.0) > now:
-                continue
-            jobs = self.client.reserve_batch(queue, free)
-            if isinstance(jobs, QueuePaused):
-                self._paused_until[queue] = now + self.paused_backoff_s
-                continue
-            for job in jobs:
-                renew = renew_interval(job.timeout_ms)
-                self.running[job.job_id] = Running(job, now, renew)
-                self._next_heartbeat = min(self._next_heartbeat, now + renew)
-                self.runner.submit(job)
-            started += len(jobs)
-        return started
-
     # -- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -220,27 +274,43 @@ class Worker:
         log.info("worker for app %s: queues %s, concurrency %d", self.app.name,
                  ",".join(self.queues), self.concurrency)
         try:
+            finished: list[tuple[ReservedJob, Outcome]] = []
             while not self._stopping.is_set():
-                started = self.step()
-                if started:
+                try:
+                    started = self._step(finished)
+                except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                    self._redis_down(exc)
+                    finished += self._drain_events()
                     continue
-                if self.drain and not self.running:
+                self._outage_s = 0.0
+                if self.drain and not started and not self.running:
                     log.info("drained: nothing left to run in %s", ",".join(self.queues))
                     break
-                self._wait()
+                if started and len(self.running) < self.concurrency:
+                    finished = self._drain_events()  # more may be runnable: ask again at once
+                else:
+                    finished = self._wait()
             return self._finish()
         finally:
             self.runner.stop()
 
-    def _wait(self) -> None:
+    def _redis_down(self, exc: Exception) -> None:
+        """Back off (0.5 s doubling to 10 s) while Redis is unreachable; jobs keep running."""
+        self._outage_s = min(max(self._outage_s * 2, 0.5), 10.0)
+        log.error("redis unreachable (%s); retrying in %.1f s with %d job(s) running",
+                  exc, self._outage_s, len(self.running))
+        self._stopping.wait(self._outage_s)
+
+    def _wait(self) -> list[tuple[ReservedJob, Outcome]]:
         """Block until a job finishes, a publisher wakes us, or a timer is due."""
         now = time.monotonic()
         until = min(self._next_heartbeat, self._next_maintenance, now + self.poll_interval_s)
         if len(self.running) < self.concurrency:
             self._ensure_waker()
             self._idle.set()
-        self._collect(block_s=max(until - now, 0.001))
+        finished = self._drain_events(block_s=max(until - now, 0.001))
         self._idle.clear()
+        return finished
 
     def _ensure_waker(self) -> None:
         if self._waker is None:
@@ -260,9 +330,11 @@ class Worker:
                     got = conn.blpop(wake_keys, timeout=self.poll_interval_s)
                 else:  # cluster: one slot per queue, BLPOP cannot span them
                     got = conn.blpop(wake_keys[:1], timeout=self.poll_interval_s)
-            except redis_lib.RedisError as exc:
+            except Exception as exc:  # a lost connection, or the pool closed at shutdown
+                if self._stopping.is_set():
+                    return
                 log.debug("wake wait failed: %s", exc)
-                time.sleep(self.poll_interval_s)
+                self._stopping.wait(self.poll_interval_s)
                 continue
             if got:
                 self._events.put(_WAKE)
@@ -276,7 +348,7 @@ class Worker:
             now = time.monotonic()
             if now >= self._next_heartbeat:
                 self._heartbeat(now)
-            self._collect(block_s=min(0.2, max(deadline - now, 0.001)))
+            self._exchange(self._drain_events(block_s=min(0.2, max(deadline - now, 0.001))), now)
         if self.running:
             log.warning("grace period over: %d job(s) left unacked; they run again after their lease",
                         len(self.running))

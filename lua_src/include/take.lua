@@ -11,31 +11,38 @@ local function take_ungrouped()
 end
 
 -- Pops the oldest ready group; a group found at its limit goes back with score
--- now + 1 so the next group gets its turn. At most MAX_GROUP_POPS pops per call.
+-- now + 1 so the next group gets its turn. At most MAX_GROUP_POPS pops per call, and
+-- the full groups go back only after the loop, so one call never pops a group twice
+-- (a ready score can be later than now + 1 when a publisher's clock runs ahead).
 local function take_grouped(now)
+  local full = {}
+  local job_id, gid
   for _ = 1, MAX_GROUP_POPS do
     local popped = redis.call("ZPOPMIN", K_GROUPS_READY)
-    if #popped == 0 then return nil end
-    local gid = popped[1]
+    if #popped == 0 then break end
+    local g = popped[1]
     stat_add("groups_ready", -1)
-    local inflight = group_inflight(gid)
-    local limit = group_limit(gid)
-    if inflight >= limit then
-      if redis.call("ZADD", K_GROUPS_READY, "NX", now + 1, gid) == 1 then
-        stat_add("groups_ready", 1)
-      end
+    if group_inflight(g) >= group_limit(g) then
+      full[#full + 1] = g
     else
-      local job_id = redis.call("LPOP", group_key(gid, "wait"))
+      job_id = redis.call("LPOP", group_key(g, "wait"))
       if job_id then
-        redis.call("INCR", group_key(gid, "inflight"))
+        gid = g
+        redis.call("INCR", group_key(g, "inflight"))
         stat_add("group_waiting", -1)
         stat_add("waiting_total", -1)
-        group_ready_if_room(gid, now)
-        return job_id, gid
+        group_ready_if_room(g, now)
+        break
       end
     end
   end
-  return nil
+  for _, g in ipairs(full) do
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now + 1, g) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+  if not job_id then return nil end
+  return job_id, gid
 end
 
 -- lane:rr "0" tries the grouped lane first, "1" the ungrouped one.

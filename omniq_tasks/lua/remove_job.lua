@@ -47,15 +47,32 @@ local function job_key(job_id) return base .. ":job:" .. job_id end
 local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
 local function idx_key(lane) return base .. ":idx:" .. lane end
 
+-- Counter changes are summed in the script and written once at the end by
+-- flush_stats (or stat_times): a batch touches the stats hash once, not per job.
 -- A decrement never leaves a counter below 0.
+local pending_stats = {}
+local completed_len = nil
+
 local function stat_add(field, delta)
-  if delta == 0 then return end
-  if redis.call("HINCRBY", K_STATS, field, delta) < 0 then
-    redis.call("HSET", K_STATS, field, "0")
+  pending_stats[field] = (pending_stats[field] or 0) + delta
+end
+
+local function flush_stats()
+  for field, delta in pairs(pending_stats) do
+    if delta ~= 0 and redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+      redis.call("HSET", K_STATS, field, "0")
+    end
+  end
+  pending_stats = {}
+  if completed_len then
+    redis.call("HSET", K_STATS, "completed_kept", completed_len)
+    completed_len = nil
   end
 end
 
+-- Flush the counters and stamp last_activity_ms (and the named time field).
 local function stat_times(now, field)
+  flush_stats()
   if field then
     redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
   else
@@ -97,38 +114,49 @@ local function enter_wait(job_id, gid, now)
   end
 end
 
-local function enter_delayed(job_id, due, now)
-  redis.call("HSET", job_key(job_id), "state", "delayed", "due_ms", due, "updated_ms", now)
+-- enter_delayed, enter_failed and enter_completed take the job from a lease when
+-- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
+local function hset_state(job_id, from_lease, ...)
+  if from_lease then
+    redis.call("HSET", job_key(job_id), "lease_token", "", "lock_until_ms", "", ...)
+  else
+    redis.call("HSET", job_key(job_id), ...)
+  end
+end
+
+local function enter_delayed(job_id, due, now, from_lease)
+  hset_state(job_id, from_lease, "state", "delayed", "due_ms", due, "updated_ms", now)
   redis.call("ZADD", K_DELAYED, due, job_id)
   redis.call("ZADD", idx_key("delayed"), now, job_id)
   stat_add("delayed", 1)
 end
 
-local function enter_failed(job_id, now)
-  redis.call("HSET", job_key(job_id), "state", "failed", "failed_ms", now, "updated_ms", now)
+local function enter_failed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "failed", "failed_ms", now, "updated_ms", now)
   redis.call("LPUSH", K_FAILED, job_id)
   redis.call("ZADD", idx_key("failed"), now, job_id)
   stat_add("failed", 1)
 end
 
 -- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
-local function enter_completed(job_id, now)
-  redis.call("HSET", job_key(job_id), "state", "completed", "completed_ms", now, "updated_ms", now)
-  redis.call("LPUSH", K_COMPLETED, job_id)
+local function enter_completed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "completed", "completed_ms", now, "updated_ms", now)
+  local kept = redis.call("LPUSH", K_COMPLETED, job_id)
   redis.call("ZADD", idx_key("completed"), now, job_id)
-  local kept = redis.call("LLEN", K_COMPLETED)
   while kept > KEEP_COMPLETED do
     local old_id = redis.call("RPOP", K_COMPLETED)
     redis.call("ZREM", idx_key("completed"), old_id)
     redis.call("DEL", job_key(old_id))
     kept = kept - 1
   end
-  redis.call("HSET", K_STATS, "completed_kept", kept)
+  completed_len = kept
 end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
--- (the digest mixes the server clock's microseconds with a per-queue sequence).
--- Returns the reserve reply and the lease length in ms.
+-- (the digest mixes the server clock's microseconds, read once per script, with
+-- a per-queue sequence). Returns the reserve reply and the lease length in ms.
+local token_salt = nil
+
 local function lease(job_id, now)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
@@ -137,14 +165,19 @@ local function lease(job_id, now)
   if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
   local attempt = to_int(f[2]) + 1
   local lock_until = now + timeout
-  local seq = redis.call("INCR", base .. ":lease:seq")
-  local t = redis.call("TIME")
-  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. t[1] .. "." .. t[2])
-  if not f[6] or f[6] == "" then
-    redis.call("HSET", k_job, "first_started_ms", now)
+  if not token_salt then
+    local t = redis.call("TIME")
+    token_salt = t[1] .. "." .. t[2]
   end
-  redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-    "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
+  else
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  end
   redis.call("ZADD", K_ACTIVE, lock_until, job_id)
   redis.call("ZREM", idx_key("wait"), job_id)
   redis.call("ZADD", idx_key("active"), now, job_id)
@@ -170,27 +203,26 @@ end
 -- or fail once the attempts are used up (or at once when final). Returns the due
 -- ms, or nil when failed.
 local function retry_or_fail(job_id, now, final)
-  local k_job = job_key(job_id)
-  local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
+  local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
-  redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
   if final or to_int(f[1]) >= max_attempts then
-    enter_failed(job_id, now)
+    enter_failed(job_id, now, true)
     return nil
   end
   local due = now + to_int(f[3])
-  enter_delayed(job_id, due, now)
+  enter_delayed(job_id, due, now, true)
   return due
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.
+-- Returns the reason word (or nil) and the job's gid.
 local function check_lease(job_id, token)
   if not token or token == "" then return "TOKEN_REQUIRED" end
-  local current = redis.call("HGET", job_key(job_id), "lease_token")
-  if current ~= token then return "TOKEN_MISMATCH" end
+  local f = redis.call("HMGET", job_key(job_id), "lease_token", "gid")
+  if f[1] ~= token then return "TOKEN_MISMATCH" end
   if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
-  return nil
+  return nil, f[2] or ""
 end
 
 -- remove: delete one job that sits in the named lane. Returns nil or the reason.

@@ -49,15 +49,32 @@ local function job_key(job_id) return base .. ":job:" .. job_id end
 local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
 local function idx_key(lane) return base .. ":idx:" .. lane end
 
+-- Counter changes are summed in the script and written once at the end by
+-- flush_stats (or stat_times): a batch touches the stats hash once, not per job.
 -- A decrement never leaves a counter below 0.
+local pending_stats = {}
+local completed_len = nil
+
 local function stat_add(field, delta)
-  if delta == 0 then return end
-  if redis.call("HINCRBY", K_STATS, field, delta) < 0 then
-    redis.call("HSET", K_STATS, field, "0")
+  pending_stats[field] = (pending_stats[field] or 0) + delta
+end
+
+local function flush_stats()
+  for field, delta in pairs(pending_stats) do
+    if delta ~= 0 and redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+      redis.call("HSET", K_STATS, field, "0")
+    end
+  end
+  pending_stats = {}
+  if completed_len then
+    redis.call("HSET", K_STATS, "completed_kept", completed_len)
+    completed_len = nil
   end
 end
 
+-- Flush the counters and stamp last_activity_ms (and the named time field).
 local function stat_times(now, field)
+  flush_stats()
   if field then
     redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
   else
@@ -99,38 +116,49 @@ local function enter_wait(job_id, gid, now)
   end
 end
 
-local function enter_delayed(job_id, due, now)
-  redis.call("HSET", job_key(job_id), "state", "delayed", "due_ms", due, "updated_ms", now)
+-- enter_delayed, enter_failed and enter_completed take the job from a lease when
+-- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
+local function hset_state(job_id, from_lease, ...)
+  if from_lease then
+    redis.call("HSET", job_key(job_id), "lease_token", "", "lock_until_ms", "", ...)
+  else
+    redis.call("HSET", job_key(job_id), ...)
+  end
+end
+
+local function enter_delayed(job_id, due, now, from_lease)
+  hset_state(job_id, from_lease, "state", "delayed", "due_ms", due, "updated_ms", now)
   redis.call("ZADD", K_DELAYED, due, job_id)
   redis.call("ZADD", idx_key("delayed"), now, job_id)
   stat_add("delayed", 1)
 end
 
-local function enter_failed(job_id, now)
-  redis.call("HSET", job_key(job_id), "state", "failed", "failed_ms", now, "updated_ms", now)
+local function enter_failed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "failed", "failed_ms", now, "updated_ms", now)
   redis.call("LPUSH", K_FAILED, job_id)
   redis.call("ZADD", idx_key("failed"), now, job_id)
   stat_add("failed", 1)
 end
 
 -- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
-local function enter_completed(job_id, now)
-  redis.call("HSET", job_key(job_id), "state", "completed", "completed_ms", now, "updated_ms", now)
-  redis.call("LPUSH", K_COMPLETED, job_id)
+local function enter_completed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "completed", "completed_ms", now, "updated_ms", now)
+  local kept = redis.call("LPUSH", K_COMPLETED, job_id)
   redis.call("ZADD", idx_key("completed"), now, job_id)
-  local kept = redis.call("LLEN", K_COMPLETED)
   while kept > KEEP_COMPLETED do
     local old_id = redis.call("RPOP", K_COMPLETED)
     redis.call("ZREM", idx_key("completed"), old_id)
     redis.call("DEL", job_key(old_id))
     kept = kept - 1
   end
-  redis.call("HSET", K_STATS, "completed_kept", kept)
+  completed_len = kept
 end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
--- (the digest mixes the server clock's microseconds with a per-queue sequence).
--- Returns the reserve reply and the lease length in ms.
+-- (the digest mixes the server clock's microseconds, read once per script, with
+-- a per-queue sequence). Returns the reserve reply and the lease length in ms.
+local token_salt = nil
+
 local function lease(job_id, now)
   local k_job = job_key(job_id)
   local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
@@ -139,14 +167,19 @@ local function lease(job_id, now)
   if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
   local attempt = to_int(f[2]) + 1
   local lock_until = now + timeout
-  local seq = redis.call("INCR", base .. ":lease:seq")
-  local t = redis.call("TIME")
-  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. t[1] .. "." .. t[2])
-  if not f[6] or f[6] == "" then
-    redis.call("HSET", k_job, "first_started_ms", now)
+  if not token_salt then
+    local t = redis.call("TIME")
+    token_salt = t[1] .. "." .. t[2]
   end
-  redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-    "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
+  else
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  end
   redis.call("ZADD", K_ACTIVE, lock_until, job_id)
   redis.call("ZREM", idx_key("wait"), job_id)
   redis.call("ZADD", idx_key("active"), now, job_id)
@@ -172,27 +205,26 @@ end
 -- or fail once the attempts are used up (or at once when final). Returns the due
 -- ms, or nil when failed.
 local function retry_or_fail(job_id, now, final)
-  local k_job = job_key(job_id)
-  local f = redis.call("HMGET", k_job, "attempt", "max_attempts", "backoff_ms")
+  local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
-  redis.call("HSET", k_job, "lease_token", "", "lock_until_ms", "")
   if final or to_int(f[1]) >= max_attempts then
-    enter_failed(job_id, now)
+    enter_failed(job_id, now, true)
     return nil
   end
   local due = now + to_int(f[3])
-  enter_delayed(job_id, due, now)
+  enter_delayed(job_id, due, now, true)
   return due
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.
+-- Returns the reason word (or nil) and the job's gid.
 local function check_lease(job_id, token)
   if not token or token == "" then return "TOKEN_REQUIRED" end
-  local current = redis.call("HGET", job_key(job_id), "lease_token")
-  if current ~= token then return "TOKEN_MISMATCH" end
+  local f = redis.call("HMGET", job_key(job_id), "lease_token", "gid")
+  if f[1] ~= token then return "TOKEN_MISMATCH" end
   if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
-  return nil
+  return nil, f[2] or ""
 end
 
 -- take: pick the next runnable job id without leasing it yet.
@@ -208,31 +240,38 @@ local function take_ungrouped()
 end
 
 -- Pops the oldest ready group; a group found at its limit goes back with score
--- now + 1 so the next group gets its turn. At most MAX_GROUP_POPS pops per call.
+-- now + 1 so the next group gets its turn. At most MAX_GROUP_POPS pops per call, and
+-- the full groups go back only after the loop, so one call never pops a group twice
+-- (a ready score can be later than now + 1 when a publisher's clock runs ahead).
 local function take_grouped(now)
+  local full = {}
+  local job_id, gid
   for _ = 1, MAX_GROUP_POPS do
     local popped = redis.call("ZPOPMIN", K_GROUPS_READY)
-    if #popped == 0 then return nil end
-    local gid = popped[1]
+    if #popped == 0 then break end
+    local g = popped[1]
     stat_add("groups_ready", -1)
-    local inflight = group_inflight(gid)
-    local limit = group_limit(gid)
-    if inflight >= limit then
-      if redis.call("ZADD", K_GROUPS_READY, "NX", now + 1, gid) == 1 then
-        stat_add("groups_ready", 1)
-      end
+    if group_inflight(g) >= group_limit(g) then
+      full[#full + 1] = g
     else
-      local job_id = redis.call("LPOP", group_key(gid, "wait"))
+      job_id = redis.call("LPOP", group_key(g, "wait"))
       if job_id then
-        redis.call("INCR", group_key(gid, "inflight"))
+        gid = g
+        redis.call("INCR", group_key(g, "inflight"))
         stat_add("group_waiting", -1)
         stat_add("waiting_total", -1)
-        group_ready_if_room(gid, now)
-        return job_id, gid
+        group_ready_if_room(g, now)
+        break
       end
     end
   end
-  return nil
+  for _, g in ipairs(full) do
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now + 1, g) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+  if not job_id then return nil end
+  return job_id, gid
 end
 
 -- lane:rr "0" tries the grouped lane first, "1" the ungrouped one.
@@ -268,6 +307,9 @@ for _ = 1, max_jobs do
   for i = 2, 8 do out[#out + 1] = job[i] end
   out[#out + 1] = tostring(timeout)
 end
-if #out == 1 then return {"EMPTY"} end
+if #out == 1 then
+  flush_stats()  -- popping a group with nothing left still changes groups_ready
+  return {"EMPTY"}
+end
 stat_times(now, "last_reserve_ms")
 return out
