@@ -10,6 +10,8 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .worker import DEFAULT_THREAD_SLOTS
+
     parser = argparse.ArgumentParser(
         prog="omniq-tasks",
         description="Typed Python tasks on the OmniQ v1 protocol (Redis + Lua).",
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", metavar="APP", help="the App to run, e.g. shop.tasks:app")
     worker.add_argument("-Q", "--queues", help="comma-separated queues (default: every queue of the app's tasks)")
     worker.add_argument("-c", "--concurrency", type=int, default=None,
-                        help="jobs run at once (default: 8 with threads, CPU count with processes)")
+                        help=f"jobs leased and run at once (default: {DEFAULT_THREAD_SLOTS} with threads, the CPU count with processes)")
     worker.add_argument("--pool", choices=("threads", "processes"), default="threads",
                         help="where sync tasks run (async tasks always run on an event loop)")
     worker.add_argument("--drain", action="store_true", help="run what is ready, then exit")

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WAKE = object()
+# Jobs leased at once by default with the thread pool. Threads start only when
+# needed, so fast tasks use a few; the slots bound how much one pass can ack and
+# lease, which is what sets the throughput of short tasks.
+DEFAULT_THREAD_SLOTS = 32
 # How long to keep collecting finished jobs once one finished (see _drain_events).
 LINGER_S = 0.0002
 
@@ -81,7 +85,7 @@ class Worker:
             raise OmniqError("no queues to work on: register a task or pass queues")
         if pool not in ("threads", "processes"):
             raise ValueError(f"pool must be 'threads' or 'processes', not {pool!r}")
-        self.concurrency = concurrency or (os.cpu_count() or 2 if pool == "processes" else 8)
+        self.concurrency = concurrency or (os.cpu_count() or 2 if pool == "processes" else DEFAULT_THREAD_SLOTS)
         self.drain = drain
         self.grace_s = grace_s
         self.poll_interval_s = poll_interval_s
