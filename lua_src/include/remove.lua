@@ -29,9 +29,12 @@ local function remove_one(job_id, lane, now)
   elseif lane == "gwait" then
     stat_add("group_waiting", -1)
     stat_add("waiting_total", -1)
-    -- a group whose last waiting job left is no longer ready
-    if redis.call("LLEN", group_key(gid, "wait")) == 0 then
-      if redis.call("ZREM", K_GROUPS_READY, gid) == 1 then stat_add("groups_ready", -1) end
+    -- as the reference does it: the group is left ready exactly when it still has
+    -- waiting jobs and room; one made ready here gets the reference's score 0
+    if group_inflight(gid) < group_limit(gid) and redis.call("LLEN", group_key(gid, "wait")) > 0 then
+      if redis.call("ZADD", K_GROUPS_READY, "NX", 0, gid) == 1 then stat_add("groups_ready", 1) end
+    elseif redis.call("ZREM", K_GROUPS_READY, gid) == 1 then
+      stat_add("groups_ready", -1)
     end
   elseif lane == "completed" then
     stat_add("completed_kept", -1)
