@@ -14,10 +14,9 @@ local token = ARGV[3]
 local error_text = ARGV[4] or ""
 local final = ARGV[5] == "1"
 
-local err, gid = check_lease(job_id, token)
+local err, gid = check_lease(job_id, token, true)
 if err then return {"ERR", err} end
 
-redis.call("ZREM", K_ACTIVE, job_id)
 if error_text ~= "" then
   redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
     "last_error_ms", now)

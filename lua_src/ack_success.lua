@@ -9,10 +9,9 @@ local job_id = ARGV[1] or ""
 local now = now_or_server(ARGV[2])
 local token = ARGV[3]
 
-local err, gid = check_lease(job_id, token)
+local err, gid = check_lease(job_id, token, true)
 if err then return {"ERR", err} end
 
-redis.call("ZREM", K_ACTIVE, job_id)
 left_active(job_id, gid, now)
 enter_completed(job_id, now, true)
 stat_times(now, "last_finish_ms")

@@ -18,13 +18,12 @@ local done = 0
 for i = 1, count do
   local job_id = ARGV[1 + 2 * i]
   local err, gid
-  if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[2 + 2 * i]) end
+  if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[2 + 2 * i], true) end
   out[#out + 1] = job_id
   if err then
     out[#out + 1] = "ERR"
     out[#out + 1] = err
   else
-    redis.call("ZREM", K_ACTIVE, job_id)
     left_active(job_id, gid, now)
     enter_completed(job_id, now, true)
     out[#out + 1] = "OK"

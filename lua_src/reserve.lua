@@ -18,6 +18,7 @@ if not job_id then
   return {"EMPTY"}
 end
 flip_lanes(grouped_first)
+save_lanes()
 local reply = lease(job_id, now)
 stat_times(now, "last_reserve_ms")
 return reply

@@ -27,5 +27,6 @@ if #out == 1 then
   flush_stats()  -- popping a group with nothing left still changes groups_ready
   return {"EMPTY"}
 end
+save_lanes()
 stat_times(now, "last_reserve_ms")
 return out

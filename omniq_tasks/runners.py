@@ -132,13 +132,16 @@ class ThreadRunner:
 _child_app: App | None = None
 
 
-def _child_init(app_path: str) -> None:
+def _child_init(app_path: str, log_level: int, log_format: str | None) -> None:
     global _child_app
     import signal
 
     from .app import load_app
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # A spawned child starts with no logging set up: log like the parent, to the
+    # same inherited stderr.
+    logging.basicConfig(level=log_level, format=log_format or logging.BASIC_FORMAT)
     _child_app = load_app(app_path)
 
 
@@ -163,9 +166,11 @@ class ProcessRunner:
 
     def __init__(self, app_path: str, size: int, on_done: OnDone) -> None:
         self.on_done = on_done
+        root = logging.getLogger()
+        log_format = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
         self._pool = ProcessPoolExecutor(
             max_workers=size, mp_context=get_context("spawn"),
-            initializer=_child_init, initargs=(app_path,))
+            initializer=_child_init, initargs=(app_path, log.getEffectiveLevel(), log_format))
 
     def submit(self, job: ReservedJob) -> None:
         fields = (job.queue, job.job_id, job.payload, job.lock_until_ms, job.attempt,

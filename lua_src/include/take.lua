@@ -1,6 +1,10 @@
 -- take: pick the next runnable job id without leasing it yet.
 local MAX_GROUP_POPS = 10
 local K_LANE_RR = base .. ":lane:rr"
+-- Read once per script: lane:rr, and whether the ready-groups set ran dry (a group
+-- found full cannot get room back while this script runs, so no need to ask again).
+local lane_rr = nil
+local no_ready_groups = false
 
 local function take_ungrouped()
   local job_id = redis.call("LPOP", K_WAIT)
@@ -15,11 +19,15 @@ end
 -- the full groups go back only after the loop, so one call never pops a group twice
 -- (a ready score can be later than now + 1 when a publisher's clock runs ahead).
 local function take_grouped(now)
+  if no_ready_groups then return nil end
   local full = {}
   local job_id, gid
   for _ = 1, MAX_GROUP_POPS do
     local popped = redis.call("ZPOPMIN", K_GROUPS_READY)
-    if #popped == 0 then break end
+    if #popped == 0 then
+      no_ready_groups = true
+      break
+    end
     local g = popped[1]
     stat_add("groups_ready", -1)
     if group_inflight(g) >= group_limit(g) then
@@ -47,7 +55,8 @@ end
 
 -- lane:rr "0" tries the grouped lane first, "1" the ungrouped one.
 local function take_next(now)
-  local grouped_first = to_int(redis.call("GET", K_LANE_RR)) == 0
+  if lane_rr == nil then lane_rr = to_int(redis.call("GET", K_LANE_RR)) end
+  local grouped_first = lane_rr == 0
   local job_id, gid
   if grouped_first then
     job_id, gid = take_grouped(now)
@@ -59,7 +68,12 @@ local function take_next(now)
   return job_id, gid, grouped_first
 end
 
--- Flips after each successful reserve, whichever lane served it.
+-- Flips after each successful reserve, whichever lane served it; save_lanes
+-- writes the result once.
 local function flip_lanes(grouped_first)
-  redis.call("SET", K_LANE_RR, grouped_first and "1" or "0")
+  lane_rr = grouped_first and 1 or 0
+end
+
+local function save_lanes()
+  if lane_rr ~= nil then redis.call("SET", K_LANE_RR, tostring(lane_rr)) end
 end

@@ -65,6 +65,21 @@ local function flush_stats()
   end
   pending_stats = {}
   if completed_len then
+    -- Completed keeps the newest KEEP_COMPLETED ids; trimmed ids lose their hash too.
+    if completed_len > KEEP_COMPLETED then
+      local old = redis.call("LRANGE", K_COMPLETED, KEEP_COMPLETED, -1)
+      redis.call("LTRIM", K_COMPLETED, 0, KEEP_COMPLETED - 1)
+      for i = 1, #old, 500 do
+        local ids, hashes = {}, {}
+        for j = i, math.min(i + 499, #old) do
+          ids[#ids + 1] = old[j]
+          hashes[#hashes + 1] = job_key(old[j])
+        end
+        redis.call("ZREM", idx_key("completed"), unpack(ids))
+        redis.call("DEL", unpack(hashes))
+      end
+      completed_len = KEEP_COMPLETED
+    end
     redis.call("HSET", K_STATS, "completed_kept", completed_len)
     completed_len = nil
   end
@@ -138,18 +153,11 @@ local function enter_failed(job_id, now, from_lease)
   stat_add("failed", 1)
 end
 
--- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
+-- The list is trimmed to KEEP_COMPLETED by flush_stats, once per script.
 local function enter_completed(job_id, now, from_lease)
   hset_state(job_id, from_lease, "state", "completed", "completed_ms", now, "updated_ms", now)
-  local kept = redis.call("LPUSH", K_COMPLETED, job_id)
+  completed_len = redis.call("LPUSH", K_COMPLETED, job_id)
   redis.call("ZADD", idx_key("completed"), now, job_id)
-  while kept > KEEP_COMPLETED do
-    local old_id = redis.call("RPOP", K_COMPLETED)
-    redis.call("ZREM", idx_key("completed"), old_id)
-    redis.call("DEL", job_key(old_id))
-    kept = kept - 1
-  end
-  completed_len = kept
 end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
@@ -216,12 +224,17 @@ local function retry_or_fail(job_id, now, final)
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.
--- Returns the reason word (or nil) and the job's gid.
-local function check_lease(job_id, token)
+-- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
+-- the id also leaves K_ACTIVE: ZREM answers whether it was there.
+local function check_lease(job_id, token, take)
   if not token or token == "" then return "TOKEN_REQUIRED" end
   local f = redis.call("HMGET", job_key(job_id), "lease_token", "gid")
   if f[1] ~= token then return "TOKEN_MISMATCH" end
-  if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
+  if take then
+    if redis.call("ZREM", K_ACTIVE, job_id) == 0 then return "NOT_ACTIVE" end
+  elseif not redis.call("ZSCORE", K_ACTIVE, job_id) then
+    return "NOT_ACTIVE"
+  end
   return nil, f[2] or ""
 end
 

@@ -66,6 +66,21 @@ local function flush_stats()
   end
   pending_stats = {}
   if completed_len then
+    -- Completed keeps the newest KEEP_COMPLETED ids; trimmed ids lose their hash too.
+    if completed_len > KEEP_COMPLETED then
+      local old = redis.call("LRANGE", K_COMPLETED, KEEP_COMPLETED, -1)
+      redis.call("LTRIM", K_COMPLETED, 0, KEEP_COMPLETED - 1)
+      for i = 1, #old, 500 do
+        local ids, hashes = {}, {}
+        for j = i, math.min(i + 499, #old) do
+          ids[#ids + 1] = old[j]
+          hashes[#hashes + 1] = job_key(old[j])
+        end
+        redis.call("ZREM", idx_key("completed"), unpack(ids))
+        redis.call("DEL", unpack(hashes))
+      end
+      completed_len = KEEP_COMPLETED
+    end
     redis.call("HSET", K_STATS, "completed_kept", completed_len)
     completed_len = nil
   end
@@ -139,18 +154,11 @@ local function enter_failed(job_id, now, from_lease)
   stat_add("failed", 1)
 end
 
--- Completed keeps the newest KEEP_COMPLETED ids; a trimmed id loses its hash too.
+-- The list is trimmed to KEEP_COMPLETED by flush_stats, once per script.
 local function enter_completed(job_id, now, from_lease)
   hset_state(job_id, from_lease, "state", "completed", "completed_ms", now, "updated_ms", now)
-  local kept = redis.call("LPUSH", K_COMPLETED, job_id)
+  completed_len = redis.call("LPUSH", K_COMPLETED, job_id)
   redis.call("ZADD", idx_key("completed"), now, job_id)
-  while kept > KEEP_COMPLETED do
-    local old_id = redis.call("RPOP", K_COMPLETED)
-    redis.call("ZREM", idx_key("completed"), old_id)
-    redis.call("DEL", job_key(old_id))
-    kept = kept - 1
-  end
-  completed_len = kept
 end
 
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
@@ -217,18 +225,27 @@ local function retry_or_fail(job_id, now, final)
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.
--- Returns the reason word (or nil) and the job's gid.
-local function check_lease(job_id, token)
+-- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
+-- the id also leaves K_ACTIVE: ZREM answers whether it was there.
+local function check_lease(job_id, token, take)
   if not token or token == "" then return "TOKEN_REQUIRED" end
   local f = redis.call("HMGET", job_key(job_id), "lease_token", "gid")
   if f[1] ~= token then return "TOKEN_MISMATCH" end
-  if not redis.call("ZSCORE", K_ACTIVE, job_id) then return "NOT_ACTIVE" end
+  if take then
+    if redis.call("ZREM", K_ACTIVE, job_id) == 0 then return "NOT_ACTIVE" end
+  elseif not redis.call("ZSCORE", K_ACTIVE, job_id) then
+    return "NOT_ACTIVE"
+  end
   return nil, f[2] or ""
 end
 
 -- take: pick the next runnable job id without leasing it yet.
 local MAX_GROUP_POPS = 10
 local K_LANE_RR = base .. ":lane:rr"
+-- Read once per script: lane:rr, and whether the ready-groups set ran dry (a group
+-- found full cannot get room back while this script runs, so no need to ask again).
+local lane_rr = nil
+local no_ready_groups = false
 
 local function take_ungrouped()
   local job_id = redis.call("LPOP", K_WAIT)
@@ -243,11 +260,15 @@ end
 -- the full groups go back only after the loop, so one call never pops a group twice
 -- (a ready score can be later than now + 1 when a publisher's clock runs ahead).
 local function take_grouped(now)
+  if no_ready_groups then return nil end
   local full = {}
   local job_id, gid
   for _ = 1, MAX_GROUP_POPS do
     local popped = redis.call("ZPOPMIN", K_GROUPS_READY)
-    if #popped == 0 then break end
+    if #popped == 0 then
+      no_ready_groups = true
+      break
+    end
     local g = popped[1]
     stat_add("groups_ready", -1)
     if group_inflight(g) >= group_limit(g) then
@@ -275,7 +296,8 @@ end
 
 -- lane:rr "0" tries the grouped lane first, "1" the ungrouped one.
 local function take_next(now)
-  local grouped_first = to_int(redis.call("GET", K_LANE_RR)) == 0
+  if lane_rr == nil then lane_rr = to_int(redis.call("GET", K_LANE_RR)) end
+  local grouped_first = lane_rr == 0
   local job_id, gid
   if grouped_first then
     job_id, gid = take_grouped(now)
@@ -287,9 +309,14 @@ local function take_next(now)
   return job_id, gid, grouped_first
 end
 
--- Flips after each successful reserve, whichever lane served it.
+-- Flips after each successful reserve, whichever lane served it; save_lanes
+-- writes the result once.
 local function flip_lanes(grouped_first)
-  redis.call("SET", K_LANE_RR, grouped_first and "1" or "0")
+  lane_rr = grouped_first and 1 or 0
+end
+
+local function save_lanes()
+  if lane_rr ~= nil then redis.call("SET", K_LANE_RR, tostring(lane_rr)) end
 end
 
 local now = now_or_server(ARGV[1])
@@ -302,6 +329,7 @@ if not job_id then
   return {"EMPTY"}
 end
 flip_lanes(grouped_first)
+save_lanes()
 local reply = lease(job_id, now)
 stat_times(now, "last_reserve_ms")
 return reply
