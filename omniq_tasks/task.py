@@ -13,6 +13,7 @@ from typing_extensions import ParamSpec
 
 from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError, _describe
 from .client import JobSpec, job_spec
+from .context import JobContext
 from .errors import PayloadTooLargeError
 from .envelope import build_envelope
 from .keys import validate_queue
@@ -104,8 +105,20 @@ class Task(Generic[P, R]):
                     f"which is not a parameter ({', '.join(self.codec.params) or 'none'})")
 
     def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function in this process, now (no queue involved)."""
-        return self.fn(*args, **kwargs)
+        """Run the function in this process, now (no queue involved).
+
+        A JobContext parameter gets a local context: ``job_id`` "local", attempt 1,
+        and the App's client for the operations it offers.
+        """
+        context = self.codec.context_param
+        if context is None:
+            return self.fn(*args, **kwargs)
+        bound = self.codec.call_signature.bind(*args, **kwargs)
+        local = JobContext(self.app.client, queue=self.queue, job_id="local", attempt=1,
+                           max_attempts=self.max_attempts, gid="", lease_token="",
+                           lock_until_ms=0, payload_raw="")
+        call: Callable[..., R] = self.fn
+        return call(**bound.arguments, **{context: local})
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
