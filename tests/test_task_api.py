@@ -386,6 +386,19 @@ def test_calling_a_task_runs_it_in_process(app: App, r: redis.Redis) -> None:
     assert_nothing_written(r)
 
 
+def test_calling_a_task_with_context_gives_it_a_local_context(app: App, r: redis.Redis) -> None:
+    seen: list[JobContext] = []
+
+    @app.task(queue="local")
+    def with_ctx(ctx: JobContext, n: int) -> int:
+        seen.append(ctx)
+        return n * 2
+
+    assert with_ctx(5) == 10 and with_ctx(n=6) == 12
+    assert [(c.job_id, c.attempt, c.queue, c.gid) for c in seen] == [("local", 1, "local", "")] * 2
+    assert r.dbsize() == 0
+
+
 def test_calling_an_async_task_returns_its_coroutine(app: App, r: redis.Redis) -> None:
     @app.task
     async def double(x: int) -> int:
