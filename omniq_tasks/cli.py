@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from . import __version__
 
@@ -54,8 +55,11 @@ def run_worker(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = load_app(args.app)
-    except (ImportError, ValueError) as exc:
-        print(f"omniq-tasks: cannot load app {args.app!r}: {exc}", file=sys.stderr)
+    except Exception as exc:  # anything the user's module raises on import
+        detail = exc if isinstance(exc, (ImportError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        print(f"omniq-tasks: cannot load app {args.app!r}: {detail}", file=sys.stderr)
+        if args.log_level == "DEBUG":
+            traceback.print_exc()
         return 2
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     if args.concurrency is not None and args.concurrency < 1:
