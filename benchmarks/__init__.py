@@ -1,0 +1,1 @@
+"""Benchmarks of omniq-tasks against the official OmniQ SDK: ``python -m benchmarks`` (see README.md)."""
