@@ -294,7 +294,7 @@ class Worker:
                     finished = self._drain_events()  # more may be runnable: ask again at once
                 else:
                     finished = self._wait()
-            return self._finish()
+            return self._finish(finished)
         finally:
             self.runner.stop()
 
@@ -343,16 +343,22 @@ class Worker:
             if got:
                 self._events.put(_WAKE)
 
-    def _finish(self) -> int:
-        """Let running jobs finish within the grace period and ack them."""
+    def _finish(self, finished: list[tuple[ReservedJob, Outcome]]) -> int:
+        """Ack ``finished``, let running jobs finish within the grace period and ack them."""
         deadline = time.monotonic() + self.grace_s
+        finished += self._drain_events()
         if self.running:
             log.info("stopping: waiting up to %.0f s for %d running job(s)", self.grace_s, len(self.running))
         while self.running and time.monotonic() < deadline:
             now = time.monotonic()
-            if now >= self._next_heartbeat:
-                self._heartbeat(now)
-            self._exchange(self._drain_events(block_s=min(0.2, max(deadline - now, 0.001))), now)
+            try:
+                if now >= self._next_heartbeat:
+                    self._heartbeat(now)
+                self._exchange(finished, now)
+                finished = []
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                self._redis_down(exc)
+            finished += self._drain_events(block_s=min(0.2, max(deadline - now, 0.001)))
         if self.running:
             log.warning("grace period over: %d job(s) left unacked; they run again after their lease",
                         len(self.running))
