@@ -3,8 +3,9 @@
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), max_jobs (1..1000)
 -- Reply    {"EMPTY"} | {"PAUSED"} |
---          {"JOBS", then per job: job_id, payload, lock_until_ms, attempt, max_attempts,
---          gid, lease_token, timeout_ms}
+--          {"JOBS", then per job: job_id, payload, and one string
+--          "lock_until_ms:attempt:max_attempts:timeout_ms:lease_token:gid"
+--          (three bulk strings per job instead of eight: cheaper to parse)}
 -- Errors   none
 --@include base
 --@include lanes
@@ -20,8 +21,9 @@ for _ = 1, max_jobs do
   if not job_id then break end
   flip_lanes(grouped_first)
   local job, timeout = lease(job_id, now)
-  for i = 2, 8 do out[#out + 1] = job[i] end
-  out[#out + 1] = tostring(timeout)
+  out[#out + 1] = job_id
+  out[#out + 1] = job[3]
+  out[#out + 1] = job[4] .. ":" .. job[5] .. ":" .. job[6] .. ":" .. timeout .. ":" .. job[8] .. ":" .. job[7]
 end
 if #out == 1 then
   flush_stats()  -- popping a group with nothing left still changes groups_ready

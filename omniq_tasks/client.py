@@ -72,6 +72,26 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
+    """The jobs in a reserve_batch reply ([] for EMPTY); see lua_src/reserve_batch.lua."""
+    status = _text(reply[0])
+    if status == "PAUSED":
+        return QueuePaused(queue)
+    if status != "JOBS":
+        return []
+    jobs = []
+    for i in range(1, len(reply) - 2, 3):
+        lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
+        jobs.append(ReservedJob(queue, _text(reply[i]), _text(reply[i + 1]), int(lock_until), int(attempt),
+                                int(max_attempts), gid, token, int(timeout)))
+    return jobs
+
+
+def parse_ack_batch(reply: Any) -> dict[str, str]:
+    """The leases an ack_success_batch reply says were not acked: job id -> reason."""
+    return {_text(reply[i]): _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+
+
 class JobSpec(msgspec.Struct, frozen=True):
     """One job for :meth:`OmniqClient.enqueue_many`, already encoded and checked."""
 
@@ -296,17 +316,7 @@ class OmniqClient:
         """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
         reply = self._raise_if_err(self._call(
             "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1)), queue)
-        status = _text(reply[0])
-        if status == "PAUSED":
-            return QueuePaused(queue)
-        if status == "EMPTY":
-            return []
-        return [
-            ReservedJob(queue, _text(reply[i]), _text(reply[i + 1]), int(reply[i + 2]),
-                        int(reply[i + 3]), int(reply[i + 4]), _text(reply[i + 5]), _text(reply[i + 6]),
-                        int(reply[i + 7]))
-            for i in range(1, len(reply) - 7, 8)
-        ]
+        return parse_reserved(queue, reply)
 
     def ack_success_batch(
         self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
@@ -319,7 +329,8 @@ class OmniqClient:
             args: list[Any] = [now_ms, len(chunk)]
             for job_id, token in chunk:
                 args += (job_id, token)
-            items += self._batch_items(self._call("ack_success_batch", anchor, *args), queue)
+            refused = parse_ack_batch(self._raise_if_err(self._call("ack_success_batch", anchor, *args), queue))
+            items += [BatchItem(job_id, job_id not in refused, refused.get(job_id)) for job_id, _ in chunk]
         return items
 
     def heartbeat(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> int:

@@ -11,8 +11,7 @@ from typing import Any, Sequence
 
 from redis.exceptions import NoScriptError
 
-from .client import OmniqClient, _text
-from .models import QueuePaused, ReservedJob
+from .client import OmniqClient
 
 ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor, ARGV
 
@@ -35,18 +34,3 @@ def call_many(client: OmniqClient, calls: Sequence[ScriptCall]) -> list[Any]:
             name, anchor, args = calls[i]
             replies[i] = client.scripts[name](keys=[anchor], args=args)  # loads, then EVALSHA
     return replies
-
-
-def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
-    """The jobs in a reserve_batch reply ([] for EMPTY)."""
-    status = _text(reply[0])
-    if status == "PAUSED":
-        return QueuePaused(queue)
-    if status != "JOBS":
-        return []
-    return [
-        ReservedJob(queue, _text(reply[i]), _text(reply[i + 1]), int(reply[i + 2]),
-                    int(reply[i + 3]), int(reply[i + 4]), _text(reply[i + 5]), _text(reply[i + 6]),
-                    int(reply[i + 7]))
-        for i in range(1, len(reply) - 7, 8)
-    ]

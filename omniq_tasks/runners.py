@@ -10,7 +10,6 @@ import asyncio
 import logging
 import queue as queue_mod
 import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any, Callable
@@ -34,8 +33,8 @@ def _context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
 
 
 def _log_start(job: ReservedJob, task: str) -> None:
-    if log.isEnabledFor(logging.INFO):
-        log.info("start %s job=%s queue=%s attempt=%d/%d", task, job.job_id, job.queue,
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("start %s job=%s queue=%s attempt=%d/%d", task, job.job_id, job.queue,
                  job.attempt, job.max_attempts)
 
 
@@ -98,7 +97,6 @@ class ThreadRunner:
                 self._idle += 1
 
     def run_one(self, job: ReservedJob) -> None:
-        started = time.perf_counter()
         prepared = prepare(self.app.registry, job.queue, job.payload, _context(self.app, job))
         if isinstance(prepared, Outcome):
             self.on_done(job, prepared)
@@ -107,10 +105,7 @@ class ThreadRunner:
         if prepared.task.is_async:
             self._loop().submit(prepared, job, self.on_done)
             return
-        outcome = call(prepared)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("ran %s in %.1f ms", prepared.task.name, (time.perf_counter() - started) * 1000)
-        self.on_done(job, outcome)
+        self.on_done(job, call(prepared))
 
     def _loop(self) -> AsyncLoop:
         with self._lock:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import redis as redis_lib
 
 from . import keys
-from .client import _text
+from .client import _text, parse_ack_batch, parse_reserved
 from .errors import LeaseLostError, OmniqError
 from .execution import Outcome
 from .models import QueuePaused, ReservedJob
-from .pipeline import ScriptCall, call_many, parse_reserved
+from .pipeline import ScriptCall, call_many
 from .runners import ProcessRunner, ThreadRunner
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ _WAKE = object()
 # needed, so fast tasks use a few; the slots bound how much one pass can ack and
 # lease, which is what sets the throughput of short tasks.
 DEFAULT_THREAD_SLOTS = 32
+# How often an INFO line sums up what was processed (per-job lines are DEBUG).
+SUMMARY_INTERVAL_S = 60.0
 # How long to keep collecting finished jobs once one finished (see _drain_events).
 LINGER_S = 0.0002
 
@@ -93,6 +95,8 @@ class Worker:
         self.paused_backoff_s = paused_backoff_s
         self.running: dict[str, Running] = {}
         self.processed = 0
+        self.failures = 0
+        self._summary = (time.monotonic(), 0, 0)  # when, processed, failures at the last summary
         self._events: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
         self._paused_until: dict[str, float] = {}
         self._next_maintenance = 0.0
@@ -125,6 +129,8 @@ class Worker:
         if now >= self._next_maintenance:
             self._maintain()
             self._next_maintenance = now + self.maintenance_interval_s
+            if now - self._summary[0] >= SUMMARY_INTERVAL_S:
+                self._log_summary(now)
         return self._exchange(finished, now)
 
     def _drain_events(self, block_s: float = 0.0) -> list[tuple[ReservedJob, Outcome]]:
@@ -217,22 +223,30 @@ class Worker:
             self.runner.submit(job)
         return len(jobs)
 
+    def _log_summary(self, now: float) -> None:
+        since, processed, failures = self._summary
+        if self.processed > processed:
+            done = self.processed - processed
+            log.info("processed %d job(s) in the last %.0f s (%.0f/s), %d of them failed; %d running",
+                     done, now - since, done / (now - since), self.failures - failures, len(self.running))
+        self._summary = (now, self.processed, self.failures)
+
     def _log_acked(self, queue: str, done: list[tuple[ReservedJob, Outcome, float]], reply: Any) -> None:
         if isinstance(reply, Exception):
             log.error("ack of %d finished job(s) in queue %s failed (they run again after their lease): %s",
                       len(done), queue, reply)
             return
-        lost = {item.job_id: item.reason for item in self.client._batch_items(reply, queue) if not item.ok}
+        lost = parse_ack_batch(reply)
         for job, outcome, elapsed_ms in done:
             if job.job_id in lost:
                 log.warning("lease lost: %s job=%s queue=%s was not acked: %s",
                             outcome.task, job.job_id, queue, lost[job.job_id])
-            elif log.isEnabledFor(logging.INFO):
-                log.info("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
                          job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)
 
-    @staticmethod
-    def _log_failure(job: ReservedJob, outcome: Outcome, elapsed_ms: float, reply: Any) -> None:
+    def _log_failure(self, job: ReservedJob, outcome: Outcome, elapsed_ms: float, reply: Any) -> None:
+        self.failures += 1
         first_line = outcome.error.split("\n", 1)[0]
         status = _text(reply[0]) if isinstance(reply, list) and reply else ""
         if isinstance(reply, Exception) or status == "ERR":

@@ -301,7 +301,7 @@ def test_delay_runs_exactly_once_with_start_and_end_log_lines(
         tasks.note.delay(5)  # refused at publish: nothing reaches Redis
     assert r.dbsize() == 0
 
-    worker = start_worker("-Q", "e2e")
+    worker = start_worker("-Q", "e2e", "--log-level", "DEBUG")  # DEBUG: a line per job start and end
     handle = tasks.note.delay("once")
     wait_state(r, "e2e", [handle.id], "completed", 10, worker)
     time.sleep(0.5)  # a second run would show up by now
@@ -469,7 +469,7 @@ def test_process_pool_runs_sync_and_async_tasks(tasks: ModuleType, r: redis.Redi
 
 def test_process_pool_logs_start_lines(tasks: ModuleType, r: redis.Redis,
                                        start_worker: Callable[..., WorkerProcess]) -> None:
-    worker = start_worker("-Q", "e2e", "--pool", "processes", "-c", "1")
+    worker = start_worker("-Q", "e2e", "--pool", "processes", "-c", "1", "--log-level", "DEBUG")
     handle = tasks.where.delay("logged")
     wait_state(r, "e2e", [handle.id], "completed", 20, worker)
     wait_for(lambda: f"done tasks_app.where job={handle.id}" in worker.log(), 5, worker, "the done line")
@@ -698,3 +698,13 @@ def test_bad_worker_arguments_are_clear_errors(app_dir: Path, args: list[str], m
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_default_log_level_has_no_per_job_lines(
+        tasks: ModuleType, r: redis.Redis, start_worker: Callable[..., WorkerProcess]) -> None:
+    worker = start_worker("-Q", "e2e")
+    handle = tasks.where.delay("quiet")
+    wait_state(r, "e2e", [handle.id], "completed", 10, worker)
+    log = worker.log()
+    assert "INFO omniq_tasks.worker: worker for app" in log  # lifecycle lines stay at INFO
+    assert f"job={handle.id}" not in log  # per-job start/end lines are DEBUG

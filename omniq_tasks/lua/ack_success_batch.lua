@@ -1,8 +1,8 @@
 -- ack_success_batch (omniq-tasks extension): ack_success for up to 1000 leases.
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token
--- Reply    flat list: id, "OK" | id, "ERR", reason (TOKEN_REQUIRED, TOKEN_MISMATCH,
---          NOT_ACTIVE, BAD_JOB_ID)
+-- Reply    {acked count, then id, reason for each lease NOT acked (TOKEN_REQUIRED,
+--          TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
 -- Generated from lua_src/ack_success_batch.lua by tools/build_lua.py: edit the source, not this file.
 
@@ -245,22 +245,19 @@ local count = to_int(ARGV[2])
 if count > MAX_ACKS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_ACKS)} end
 if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
 
-local out = {}
-local done = 0
+local out = {0}
 for i = 1, count do
   local job_id = ARGV[1 + 2 * i]
   local err, gid
   if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[2 + 2 * i], true) end
-  out[#out + 1] = job_id
   if err then
-    out[#out + 1] = "ERR"
+    out[#out + 1] = job_id
     out[#out + 1] = err
   else
     left_active(job_id, gid, now)
     enter_completed(job_id, now, true)
-    out[#out + 1] = "OK"
-    done = done + 1
+    out[1] = out[1] + 1
   end
 end
-if done > 0 then stat_times(now, "last_finish_ms") end
+if out[1] > 0 then stat_times(now, "last_finish_ms") end
 return out
