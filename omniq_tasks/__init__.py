@@ -2,7 +2,8 @@
 
 from .app import App
 from .arguments import TaskArgumentError, TaskDefinitionError
-from .client import OmniqClient, connect, new_job_id
+from .client import OmniqClient, connect
+from .ids import new_job_id
 from .context import JobContext
 from .errors import (
     AlreadyInitializedError, BadArgsError, BadExpectedError, BadJobIdError, BadLaneError,

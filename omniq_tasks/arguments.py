@@ -87,16 +87,19 @@ class ArgumentCodec:
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The call's arguments by name, and their JSON object; raises TaskArgumentError."""
+        if not kwargs and len(args) == len(self._positional) == len(self.params):
+            arguments: dict[str, Any] = dict(zip(self._positional, args))  # every parameter, in order
+        else:
+            try:
+                arguments = self.call_signature.bind(*args, **kwargs).arguments
+            except TypeError as exc:
+                raise TaskArgumentError(f"task {self.task_name}: {exc}") from None
         try:
-            bound = self.call_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TaskArgumentError(f"task {self.task_name}: {exc}") from None
-        try:
-            data = _encode(bound.arguments)
+            data = _encode(arguments)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TaskArgumentError(f"task {self.task_name}: cannot encode arguments: {exc}") from None
         self.decode(data)
-        return bound.arguments, data
+        return arguments, data
 
     def decode(self, kwargs_json: bytes) -> Any:
         """Decode a JSON object of arguments by name to the task's Struct."""

@@ -15,9 +15,9 @@ from typing import Any, Iterable, Sequence, Union
 import msgspec
 import redis as redis_lib
 from redis.cluster import RedisCluster
-from ulid import ULID
 
 from . import keys
+from .ids import new_job_id
 from .errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
 from .models import (
     AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
@@ -36,11 +36,6 @@ ENQUEUE_CHUNK = 1000
 _json_encode = msgspec.json.Encoder().encode
 # What follows the id in a batch reply entry (never a reason word).
 _ITEM_STATUSES = ("OK", "ERR", "EXISTS")
-
-
-def new_job_id() -> str:
-    """A new ULID job id (sortable by creation time)."""
-    return str(ULID())
 
 
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
@@ -246,8 +241,13 @@ class OmniqClient:
         gid: str | None = None,
         group_limit: int = 0,
         now_ms: int = 0,
+        wake_cap: int = 0,
     ) -> Published:
-        """Publish already-encoded JSON text (an object or array); see :meth:`publish`."""
+        """Publish already-encoded JSON text (an object or array); see :meth:`publish`.
+
+        ``wake_cap`` > 0 also pushes a wake-up token to ``{Q}:wake`` (keeping at most
+        that many), so an idle omniq-tasks worker starts the job at once.
+        """
         anchor = keys.queue_anchor(queue)
         data = payload_json.encode() if isinstance(payload_json, str) else payload_json
         if not isinstance(data, bytes) or data.lstrip()[:1] not in (b"{", b"["):
@@ -258,8 +258,10 @@ class OmniqClient:
             )
         spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
                         backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
-        args = (spec.job_id, data, spec.max_attempts, spec.timeout_ms, spec.backoff_ms,
-                _check_int("now_ms", now_ms, 0), spec.due_ms, spec.gid, spec.group_limit)
+        args: tuple[Any, ...] = (spec.job_id, data, spec.max_attempts, spec.timeout_ms, spec.backoff_ms,
+                                 _check_int("now_ms", now_ms, 0), spec.due_ms, spec.gid, spec.group_limit)
+        if wake_cap:
+            args += (_check_int("wake_cap", wake_cap, 0),)
         job_id = spec.job_id
         reply = self._raise_if_err(self._call("enqueue", anchor, *args), queue, job_id)
         return Published(queue=queue, job_id=_text(reply[1]), existed=len(reply) > 2)
@@ -269,11 +271,14 @@ class OmniqClient:
     ) -> list[Published]:
         """Publish many prepared jobs with one script call per 1000 (enqueue_batch).
 
-        Besides what enqueue does, it pushes up to ``wake_cap`` wake-up tokens to
-        ``{Q}:wake`` so that idle omniq-tasks workers start at once.
+        Each job is enqueued exactly as :meth:`publish` would; ``wake_cap`` > 0 also
+        pushes wake-up tokens to ``{Q}:wake`` so that idle omniq-tasks workers start
+        at once. A chunk is one atomic script call; an error in a later chunk leaves
+        the earlier ones published.
         """
         anchor = keys.queue_anchor(queue)
         out: list[Published] = []
+        options: dict[tuple[int, ...], bytes] = {}
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
             chunk = jobs[start:start + ENQUEUE_CHUNK]
             args: list[Any] = [now_ms, wake_cap, len(chunk)]
@@ -282,16 +287,18 @@ class OmniqClient:
                     raise PayloadTooLargeError(
                         f"payload of job {job.job_id} is {len(job.payload)} bytes; "
                         f"the limit is {self.max_payload_bytes}")
-                args += (job.job_id, job.payload, job.max_attempts, job.timeout_ms,
-                         job.backoff_ms, job.due_ms, job.gid, job.group_limit)
-            reply = self._raise_if_batch_err(self._call("enqueue_batch", anchor, *args), queue)
-            i = 0
-            while i + 1 < len(reply):
-                job_id, status = _text(reply[i]), _text(reply[i + 1])
-                if status == "ERR":
-                    raise protocol_error(_text(reply[i + 2]), queue=queue, job_id=job_id)
-                out.append(Published(queue, job_id, status == "EXISTS"))
-                i += 2
+                key = (job.max_attempts, job.timeout_ms, job.backoff_ms, job.due_ms, job.group_limit)
+                packed = options.get(key)
+                if packed is None:
+                    packed = options[key] = b"%d:%d:%d:%d:%d" % key
+                args += (job.job_id, job.payload, job.gid, packed)
+            reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
+            refused = {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+            for position, job in enumerate(chunk):
+                reason = refused.get(position)
+                if reason is not None and reason != "EXISTS":
+                    raise protocol_error(reason, queue=queue, job_id=job.job_id)
+                out.append(Published(queue, job.job_id, reason == "EXISTS"))
         return out
 
     # -- running jobs -------------------------------------------------------

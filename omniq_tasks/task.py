@@ -16,6 +16,7 @@ from .client import JobSpec, job_spec
 from .context import JobContext
 from .errors import PayloadTooLargeError
 from .envelope import build_envelope
+from .ids import new_job_ids
 from .keys import validate_queue
 from .results import JobHandle
 
@@ -155,8 +156,12 @@ class Task(Generic[P, R]):
             tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta), gid=gid,
             group_limit=group_limit, job_id=job_id, max_attempts=max_attempts,
             timeout_ms=timeout_ms, backoff_ms=backoff_ms)
-        published = self.app.client.enqueue_many(target, [spec], wake_cap=self.app.wake_cap)[0]
-        return JobHandle(self.app.client, target, published.job_id, published.existed)
+        client = self.app.client
+        published = client.publish_json(
+            target, spec.payload, job_id=spec.job_id, max_attempts=spec.max_attempts,
+            timeout_ms=spec.timeout_ms, backoff_ms=spec.backoff_ms, due_ms=spec.due_ms,
+            gid=spec.gid or None, group_limit=spec.group_limit, wake_cap=self.app.wake_cap)
+        return JobHandle(client, target, published.job_id, published.existed)
 
     def map(self, calls: Iterable[Any], *, queue: str | None = None) -> list[JobHandle]:
         """Queue one run per item, in bulk (one script call per 1000 jobs).
@@ -166,14 +171,16 @@ class Task(Generic[P, R]):
         before anything is published.
         """
         target = validate_queue(queue) if queue is not None else self.queue
+        items = calls if isinstance(calls, (list, tuple)) else list(calls)
+        ids = new_job_ids(len(items))
         specs: list[JobSpec] = []
-        for item in calls:
+        for item, job_id in zip(items, ids):
             if isinstance(item, tuple):
-                specs.append(self.prepare(item, {}))
+                specs.append(self.prepare(item, {}, job_id=job_id))
             elif isinstance(item, dict):
-                specs.append(self.prepare((), item))
+                specs.append(self.prepare((), item, job_id=job_id))
             else:
-                specs.append(self.prepare((item,), {}))
+                specs.append(self.prepare((item,), {}, job_id=job_id))
         client = self.app.client
         published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
         return [JobHandle(client, target, p.job_id, p.existed) for p in published]

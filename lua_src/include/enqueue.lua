@@ -20,3 +20,12 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
   enter_wait(job_id, gid, now)
   return "READY"
 end
+
+-- One token per ready job, keeping at most wake_cap in "{Q}:wake": idle omniq-tasks
+-- workers block on that list, so that many of them start at once.
+local function wake_workers(ready, wake_cap)
+  if ready <= 0 or wake_cap <= 0 then return end
+  local k_wake = base .. ":wake"
+  local room = wake_cap - redis.call("LLEN", k_wake)
+  for _ = 1, math.min(room, ready) do redis.call("RPUSH", k_wake, "1") end
+end

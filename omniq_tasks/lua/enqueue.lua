@@ -2,7 +2,8 @@
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     job_id, payload, max_attempts, timeout_ms, backoff_ms, now_ms ("0" = server
 --          clock), due_ms (> now = delayed), gid ("" = ungrouped), group_limit (> 0 sets
---          the group's limit only if none is set yet)
+--          the group's limit only if none is set yet), [wake_cap (omniq-tasks extension:
+--          > 0 pushes a wake-up token to "{Q}:wake", keeping at most wake_cap)]
 -- Reply    {"OK", job_id}; {"OK", job_id, "EXISTS"} when the job hash already exists
 --          (idempotent publish: nothing changes)
 -- Errors   {"ERR", "BAD_JOB_ID"} for an empty job id
@@ -263,6 +264,15 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
   return "READY"
 end
 
+-- One token per ready job, keeping at most wake_cap in "{Q}:wake": idle omniq-tasks
+-- workers block on that list, so that many of them start at once.
+local function wake_workers(ready, wake_cap)
+  if ready <= 0 or wake_cap <= 0 then return end
+  local k_wake = base .. ":wake"
+  local room = wake_cap - redis.call("LLEN", k_wake)
+  for _ = 1, math.min(room, ready) do redis.call("RPUSH", k_wake, "1") end
+end
+
 local job_id = ARGV[1] or ""
 local payload = ARGV[2] or ""
 local max_attempts = to_int(ARGV[3] or "1")
@@ -272,9 +282,11 @@ local now = now_or_server(ARGV[6])
 local due_ms = to_int(ARGV[7])
 local gid = ARGV[8] or ""
 local limit = to_int(ARGV[9])
+local wake_cap = to_int(ARGV[10])
 
 if job_id == "" then return {"ERR", "BAD_JOB_ID"} end
 local outcome = enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
 if outcome == "EXISTS" then return {"OK", job_id, "EXISTS"} end
 stat_times(now, "last_enqueue_ms")
+if outcome == "READY" then wake_workers(1, wake_cap) end
 return {"OK", job_id}
