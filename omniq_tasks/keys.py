@@ -29,6 +29,7 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from .errors import InvalidNameError
 
@@ -68,9 +69,16 @@ def queue_base(queue: str) -> str:
     return "{" + validate_queue(queue) + "}"
 
 
-def queue_anchor(queue: str) -> str:
-    """``{Q}:meta``: KEYS[1] of every queue script."""
+@lru_cache(maxsize=4096)
+def _anchor(queue: str) -> str:
     return queue_base(queue) + ":meta"
+
+
+def queue_anchor(queue: str) -> str:
+    """``{Q}:meta``: KEYS[1] of every queue script (cached: it is on every call's path)."""
+    if not isinstance(queue, str):  # unhashable names must still get the clear error
+        validate_queue(queue)
+    return _anchor(queue)
 
 
 def child_anchor(key: str) -> str:

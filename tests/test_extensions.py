@@ -210,3 +210,27 @@ def test_ack_batch_limits(client: OmniqClient, r: redis.Redis) -> None:
     assert script(keys=[f"{{{Q}}}:meta"], args=(NOW, 2, "a", "t")) == [b"ERR", b"BAD_ARGS"]
     assert client.ack_success_batch(Q, []) == []
     assert r.dbsize() == 0
+
+
+def test_job_ids_are_ulids_and_monotonic_also_after_fork() -> None:
+    import os
+    import random
+
+    from ulid import ULID
+
+    from omniq_tasks.ids import new_job_id, new_job_ids, ulid_text
+
+    for _ in range(2000):
+        value = random.getrandbits(128)
+        assert ulid_text(value) == str(ULID.from_int(value))
+    ids = [new_job_id() for _ in range(50)] + new_job_ids(100) + [new_job_id()]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(ULID.from_str(i).milliseconds > 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id must not repeat the parent's next one
+        os.write(write, new_job_id().encode())
+        os._exit(0)
+    mine = new_job_id()
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != mine
