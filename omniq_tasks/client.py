@@ -164,7 +164,7 @@ class OmniqClient:
     # -- calling scripts -----------------------------------------------------
 
     def _call(self, name: str, anchor: str, *args: Any) -> Any:
-        return self.scripts[name](keys=[anchor], args=args)
+        return self.scripts.call(name, anchor, args)
 
     @staticmethod
     def _raise_if_err(reply: Any, queue: str = "", job_id: str = "") -> list[Any]:

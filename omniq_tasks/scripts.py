@@ -1,14 +1,24 @@
-"""Load the protocol scripts shipped in ``omniq_tasks/lua/`` as redis-py Script objects.
+"""The Lua scripts shipped in ``omniq_tasks/lua/``, and how calls to them reach Redis.
 
-redis-py's ``Script`` calls EVALSHA and, on NOSCRIPT (after ``SCRIPT FLUSH`` or a
-server restart), loads the source again and retries, so no SHA cache is kept here.
+Scripts run by EVALSHA; a NOSCRIPT answer (after ``SCRIPT FLUSH`` or a server
+restart) loads the source again and repeats the call, so a running client keeps
+working. On a plain ``redis.Redis`` each thread keeps one connection of the pool
+for its script calls: redis-py's per-command bookkeeping (pool checkout, retry
+wrapper, hooks) costs about 20 µs a call, as much as the script itself. Any
+connection error drops that connection and the call is made again the ordinary
+way, with redis-py's own retries. A Redis Cluster always goes the ordinary way.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Sequence
+
+import redis
+from redis.exceptions import NoScriptError
 
 # The OmniQ v1 protocol scripts, by the names every SDK uses.
 PROTOCOL_SCRIPTS = (
@@ -19,6 +29,8 @@ PROTOCOL_SCRIPTS = (
 # omniq-tasks extensions: new file names, never called by the official SDKs.
 EXTENSION_SCRIPTS = ("enqueue_batch", "reserve_batch", "ack_success_batch")
 ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
+
+ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor (KEYS[1]), ARGV
 
 
 @cache
@@ -33,10 +45,92 @@ def scripts_dir() -> str:
 
 
 class Scripts:
-    """One registered Script per protocol script, bound to one Redis client."""
+    """One registered Script per script, bound to one Redis client, and the calls to them."""
 
-    def __init__(self, redis: Any, names: tuple[str, ...] = ALL_SCRIPTS) -> None:
-        self._scripts = {name: redis.register_script(script_source(name)) for name in names}
+    def __init__(self, client: Any, names: tuple[str, ...] = ALL_SCRIPTS) -> None:
+        self._client = client
+        self._scripts = {name: client.register_script(script_source(name)) for name in names}
+        # Only a plain redis.Redis (not a cluster, not a subclass with its own routing).
+        self._direct = type(client) is redis.Redis
+        self._local = threading.local()
 
     def __getitem__(self, name: str) -> Any:
         return self._scripts[name]
+
+    def call(self, name: str, anchor: str, args: Sequence[Any]) -> Any:
+        """EVALSHA one script with KEYS = [anchor]; returns its reply."""
+        script = self._scripts[name]
+        conn = self._connection()
+        if conn is not None:
+            try:
+                conn.send_command("EVALSHA", script.sha, 1, anchor, *args)
+                return conn.read_response()
+            except NoScriptError:
+                pass  # loaded and repeated below
+            except redis.ResponseError:
+                raise  # a whole error reply: the connection is in step
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._drop_connection()
+            except BaseException:  # interrupted mid-reply: the connection is out of step
+                self._drop_connection()
+                raise
+        return script(keys=[anchor], args=args)
+
+    def call_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run the calls in order in one round trip; each reply, or the exception it raised.
+
+        A call answered NOSCRIPT is repeated alone after loading its script.
+        """
+        if len(calls) == 1:
+            name, anchor, args = calls[0]
+            try:
+                return [self.call(name, anchor, args)]
+            except redis.ResponseError as exc:
+                return [exc]
+        replies = self._send_all(calls)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                name, anchor, args = calls[i]
+                replies[i] = self._scripts[name](keys=[anchor], args=args)  # loads, then EVALSHA
+        return replies
+
+    def _send_all(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        conn = self._connection()
+        if conn is not None:
+            try:
+                conn.send_packed_command(conn.pack_commands(
+                    [("EVALSHA", self._scripts[name].sha, 1, anchor, *args) for name, anchor, args in calls]))
+                replies: list[Any] = []
+                for _ in calls:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._drop_connection()
+            except BaseException:  # interrupted mid-reply: the connection is out of step
+                self._drop_connection()
+                raise
+        pipe = self._client.pipeline(transaction=False)
+        for name, anchor, args in calls:
+            pipe.evalsha(self._scripts[name].sha, 1, anchor, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _connection(self) -> Any:
+        """This thread's connection for script calls (None: use the ordinary path)."""
+        if not self._direct:
+            return None
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():  # after a fork the socket is the parent's
+            conn = local.conn = self._client.connection_pool.get_connection()
+            local.pid = os.getpid()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.disconnect()
+            self._client.connection_pool.release(conn)

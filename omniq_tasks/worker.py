@@ -27,7 +27,7 @@ from .client import _text, parse_ack_batch, parse_reserved
 from .errors import LeaseLostError, OmniqError
 from .execution import Outcome
 from .models import QueuePaused, ReservedJob
-from .pipeline import ScriptCall, call_many
+from .scripts import ScriptCall
 from .runners import ProcessRunner, ThreadRunner
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Worker:
             calls.append(("reserve_batch", keys.queue_anchor(ready[0]), (0, free)))
         if not calls:
             return 0
-        replies = call_many(self.client, calls)
+        replies = self.client.scripts.call_many(calls)
         for job, _ in finished:
             self.running.pop(job.job_id, None)
         self.processed += len(finished)
@@ -205,8 +205,8 @@ class Worker:
             free = self.concurrency - len(self.running)
             if free <= 0:
                 break
-            started += self._start(queue, self.client.scripts["reserve_batch"](
-                keys=[keys.queue_anchor(queue)], args=(0, free)), now)
+            started += self._start(queue, self.client.scripts.call(
+                "reserve_batch", keys.queue_anchor(queue), (0, free)), now)
         return started
 
     def _start(self, queue: str, reply: Any, now: float) -> int:

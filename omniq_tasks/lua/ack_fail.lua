@@ -31,7 +31,6 @@ end
 -- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
 local base = KEYS[1]
 if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
-
 -- lanes: every move of a job between lanes, each updating the lane, the idx:*
 -- mirror and the stats counters together so they never disagree.
 local K_WAIT = base .. ":wait"
@@ -116,20 +115,6 @@ local function group_ready_if_room(gid, now)
   end
 end
 
-local function enter_wait(job_id, gid, now)
-  redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
-  redis.call("ZADD", idx_key("wait"), now, job_id)
-  stat_add("waiting_total", 1)
-  if gid ~= "" then
-    redis.call("RPUSH", group_key(gid, "wait"), job_id)
-    stat_add("group_waiting", 1)
-    group_ready_if_room(gid, now)
-  else
-    redis.call("RPUSH", K_WAIT, job_id)
-    stat_add("waiting", 1)
-  end
-end
-
 -- enter_delayed, enter_failed and enter_completed take the job from a lease when
 -- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
 local function hset_state(job_id, from_lease, ...)
@@ -154,46 +139,10 @@ local function enter_failed(job_id, now, from_lease)
   stat_add("failed", 1)
 end
 
--- The list is trimmed to KEEP_COMPLETED by flush_stats, once per script.
-local function enter_completed(job_id, now, from_lease)
-  hset_state(job_id, from_lease, "state", "completed", "completed_ms", now, "updated_ms", now)
-  completed_len = redis.call("LPUSH", K_COMPLETED, job_id)
-  redis.call("ZADD", idx_key("completed"), now, job_id)
-end
-
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds, read once per script, with
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.
 local token_salt = nil
-
-local function lease(job_id, now)
-  local k_job = job_key(job_id)
-  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
-    "gid", "first_started_ms")
-  local timeout = to_int(f[4])
-  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
-  local attempt = to_int(f[2]) + 1
-  local lock_until = now + timeout
-  if not token_salt then
-    local t = redis.call("TIME")
-    token_salt = t[1] .. "." .. t[2]
-  end
-  local seq = redis.call("INCR", base .. ":lease:seq")
-  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
-  if not f[6] or f[6] == "" then
-    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
-  else
-    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-      "lease_token", token, "last_started_ms", now, "updated_ms", now)
-  end
-  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
-  redis.call("ZREM", idx_key("wait"), job_id)
-  redis.call("ZADD", idx_key("active"), now, job_id)
-  stat_add("active", 1)
-  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
-    tostring(to_int(f[3])), f[5] or "", token}, timeout
-end
 
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
 local function left_active(job_id, gid, now)

@@ -30,7 +30,6 @@ end
 -- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
 local base = KEYS[1]
 if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
-
 -- lanes: every move of a job between lanes, each updating the lane, the idx:*
 -- mirror and the stats counters together so they never disagree.
 local K_WAIT = base .. ":wait"
@@ -115,20 +114,6 @@ local function group_ready_if_room(gid, now)
   end
 end
 
-local function enter_wait(job_id, gid, now)
-  redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
-  redis.call("ZADD", idx_key("wait"), now, job_id)
-  stat_add("waiting_total", 1)
-  if gid ~= "" then
-    redis.call("RPUSH", group_key(gid, "wait"), job_id)
-    stat_add("group_waiting", 1)
-    group_ready_if_room(gid, now)
-  else
-    redis.call("RPUSH", K_WAIT, job_id)
-    stat_add("waiting", 1)
-  end
-end
-
 -- enter_delayed, enter_failed and enter_completed take the job from a lease when
 -- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
 local function hset_state(job_id, from_lease, ...)
@@ -137,20 +122,6 @@ local function hset_state(job_id, from_lease, ...)
   else
     redis.call("HSET", job_key(job_id), ...)
   end
-end
-
-local function enter_delayed(job_id, due, now, from_lease)
-  hset_state(job_id, from_lease, "state", "delayed", "due_ms", due, "updated_ms", now)
-  redis.call("ZADD", K_DELAYED, due, job_id)
-  redis.call("ZADD", idx_key("delayed"), now, job_id)
-  stat_add("delayed", 1)
-end
-
-local function enter_failed(job_id, now, from_lease)
-  hset_state(job_id, from_lease, "state", "failed", "failed_ms", now, "updated_ms", now)
-  redis.call("LPUSH", K_FAILED, job_id)
-  redis.call("ZADD", idx_key("failed"), now, job_id)
-  stat_add("failed", 1)
 end
 
 -- The list is trimmed to KEEP_COMPLETED by flush_stats, once per script.
@@ -165,35 +136,6 @@ end
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.
 local token_salt = nil
 
-local function lease(job_id, now)
-  local k_job = job_key(job_id)
-  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
-    "gid", "first_started_ms")
-  local timeout = to_int(f[4])
-  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
-  local attempt = to_int(f[2]) + 1
-  local lock_until = now + timeout
-  if not token_salt then
-    local t = redis.call("TIME")
-    token_salt = t[1] .. "." .. t[2]
-  end
-  local seq = redis.call("INCR", base .. ":lease:seq")
-  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
-  if not f[6] or f[6] == "" then
-    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
-  else
-    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
-      "lease_token", token, "last_started_ms", now, "updated_ms", now)
-  end
-  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
-  redis.call("ZREM", idx_key("wait"), job_id)
-  redis.call("ZADD", idx_key("active"), now, job_id)
-  stat_add("active", 1)
-  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
-    tostring(to_int(f[3])), f[5] or "", token}, timeout
-end
-
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
 local function left_active(job_id, gid, now)
   redis.call("ZREM", idx_key("active"), job_id)
@@ -205,22 +147,6 @@ local function left_active(job_id, gid, now)
     end
     group_ready_if_room(gid, now)
   end
-end
-
--- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up (or at once when final). Returns the due
--- ms, or nil when failed.
-local function retry_or_fail(job_id, now, final)
-  local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
-  local max_attempts = to_int(f[2])
-  if max_attempts <= 0 then max_attempts = 1 end
-  if final or to_int(f[1]) >= max_attempts then
-    enter_failed(job_id, now, true)
-    return nil
-  end
-  local due = now + to_int(f[3])
-  enter_delayed(job_id, due, now, true)
-  return due
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.

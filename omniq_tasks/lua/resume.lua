@@ -5,27 +5,6 @@
 -- Errors   none
 -- Generated from lua_src/resume.lua by tools/build_lua.py: edit the source, not this file.
 
--- base: reading numbers, the clock and the queue base from the anchor.
-local function to_int(v)
-  if not v or v == "" then return 0 end
-  local n = tonumber(v)
-  if not n then return 0 end
-  return math.floor(n)
-end
-
--- The Redis server clock in ms. Used when a caller sends now_ms "0" or nothing,
--- so that workers on machines with skewed clocks agree on leases.
-local function server_ms()
-  local t = redis.call("TIME")
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function now_or_server(v)
-  local n = to_int(v)
-  if n > 0 then return n end
-  return server_ms()
-end
-
 -- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
 local base = KEYS[1]
 if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
