@@ -33,6 +33,26 @@ ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor (KEYS[1]), ARGV
 
 
+def pack_evalsha(sha: bytes, anchor: str, args: Sequence[Any]) -> bytes:
+    """The RESP bytes of ``EVALSHA sha 1 anchor *args``.
+
+    Our arguments are only bytes, str and int, so this is simpler than redis-py's
+    general packer, and several times faster on bulk publishes (thousands of args).
+    """
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (len(args) + 4, sha)]
+    for arg in (anchor, *args):
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"script arguments are bytes, str or int, not {type(arg).__name__}")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 @cache
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` from the installed package."""
@@ -50,6 +70,7 @@ class Scripts:
     def __init__(self, client: Any, names: tuple[str, ...] = ALL_SCRIPTS) -> None:
         self._client = client
         self._scripts = {name: client.register_script(script_source(name)) for name in names}
+        self._shas = {name: script.sha.encode() for name, script in self._scripts.items()}
         # Only a plain redis.Redis (not a cluster, not a subclass with its own routing).
         self._direct = type(client) is redis.Redis
         self._local = threading.local()
@@ -63,7 +84,7 @@ class Scripts:
         conn = self._connection()
         if conn is not None:
             try:
-                conn.send_command("EVALSHA", script.sha, 1, anchor, *args)
+                conn.send_packed_command([pack_evalsha(self._shas[name], anchor, args)], check_health=False)
                 return conn.read_response()
             except NoScriptError:
                 pass  # loaded and repeated below
@@ -98,8 +119,9 @@ class Scripts:
         conn = self._connection()
         if conn is not None:
             try:
-                conn.send_packed_command(conn.pack_commands(
-                    [("EVALSHA", self._scripts[name].sha, 1, anchor, *args) for name, anchor, args in calls]))
+                conn.send_packed_command(
+                    [b"".join(pack_evalsha(self._shas[name], anchor, args) for name, anchor, args in calls)],
+                    check_health=False)
                 replies: list[Any] = []
                 for _ in calls:
                     try:

@@ -17,7 +17,7 @@ from .context import JobContext
 from .errors import PayloadTooLargeError
 from .envelope import build_envelope
 from .ids import new_job_ids
-from .keys import validate_queue
+from .keys import validate_gid, validate_queue
 from .results import JobHandle
 
 if TYPE_CHECKING:
@@ -91,8 +91,11 @@ class Task(Generic[P, R]):
             self.raw_decoder: msgspec.json.Decoder[Any] | None = msgspec.json.Decoder(annotation)
         else:
             self.raw_decoder = None
-        if isinstance(gid, str) and "{" in gid:
-            self._check_gid_template(gid)
+        if isinstance(gid, str):
+            if "{" in gid:
+                self._check_gid_template(gid)
+            else:
+                validate_gid(gid)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
@@ -209,6 +212,14 @@ class Task(Generic[P, R]):
             raise PayloadTooLargeError(
                 f"task {self.name}: payload is {len(payload)} bytes; the limit is "
                 f"{self.app.max_payload_bytes} (App(max_payload_bytes=...))")
+        if gid is None:
+            gid = self._resolve_gid(args, kwargs, call_args)
+        overrides = (group_limit, max_attempts, timeout_ms, backoff_ms)
+        if (job_id is not None and due_ms == 0 and overrides == (None, None, None, None)
+                and (gid is None or gid is self.gid)):
+            # The bulk path: the task's own options, checked when it was declared.
+            return JobSpec(job_id, payload, self.max_attempts, self.timeout_ms, self.backoff_ms,
+                           0, gid or "", self.group_limit)
         return job_spec(
             payload,
             job_id=job_id,
@@ -216,7 +227,7 @@ class Task(Generic[P, R]):
             timeout_ms=self.timeout_ms if timeout_ms is None else timeout_ms,
             backoff_ms=self.backoff_ms if backoff_ms is None else backoff_ms,
             due_ms=due_ms,
-            gid=gid if gid is not None else self._resolve_gid(args, kwargs, call_args),
+            gid=gid,
             group_limit=self.group_limit if group_limit is None else group_limit,
         )
 
