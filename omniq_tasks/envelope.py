@@ -12,6 +12,7 @@ top-level members are ignored, so later versions may add fields.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -31,13 +32,16 @@ class Envelope(msgspec.Struct, frozen=True):
 _decode_envelope = msgspec.json.Decoder(Envelope).decode
 
 
+@lru_cache(maxsize=1024)
+def _prefix(task: str) -> bytes:
+    return b'{"task":' + _encode(task) + b',"args":[],"kwargs":'
+
+
 def build_envelope(task: str, kwargs_json: bytes, meta: dict[str, Any] | None = None) -> bytes:
     """The payload for a call of ``task`` whose named arguments are ``kwargs_json``."""
-    parts = [b'{"task":', _encode(task), b',"args":[],"kwargs":', kwargs_json]
     if meta:
-        parts += [b',"meta":', _encode(meta)]
-    parts.append(b"}")
-    return b"".join(parts)
+        return _prefix(task) + kwargs_json + b',"meta":' + _encode(meta) + b"}"
+    return _prefix(task) + kwargs_json + b"}"
 
 
 def read_envelope(payload: bytes | str) -> Envelope | None:

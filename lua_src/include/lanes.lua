@@ -82,8 +82,11 @@ local function group_ready_if_room(gid, now)
   end
 end
 
-local function enter_wait(job_id, gid, now)
-  redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
+-- written = true: the caller already wrote state "wait" and updated_ms (enqueue).
+local function enter_wait(job_id, gid, now, written)
+  if not written then
+    redis.call("HSET", job_key(job_id), "state", "wait", "updated_ms", now)
+  end
   redis.call("ZADD", idx_key("wait"), now, job_id)
   stat_add("waiting_total", 1)
   if gid ~= "" then
