@@ -32,13 +32,14 @@ end
 
 local out = {0}
 local ready = 0
+local later = {}
 for i = 0, count - 1 do
   local a = 3 + FIELDS * i
   local job_id = ARGV[a + 1]
   local o = parsed[ARGV[a + 4]]
   local outcome = "BAD_JOB_ID"
   if job_id ~= "" then
-    outcome = enqueue_one(job_id, ARGV[a + 2], o[1], o[2], o[3], o[4], ARGV[a + 3], o[5], now)
+    outcome = enqueue_one(job_id, ARGV[a + 2], o[1], o[2], o[3], o[4], ARGV[a + 3], o[5], now, later)
   end
   if outcome == "OK" or outcome == "READY" then
     out[1] = out[1] + 1
@@ -48,6 +49,7 @@ for i = 0, count - 1 do
     out[#out + 1] = outcome
   end
 end
+enter_wait_many(later, now)
 if out[1] > 0 then stat_times(now, "last_enqueue_ms") end
 wake_workers(ready, wake_cap)
 return out

@@ -40,16 +40,24 @@ def pack_evalsha(sha: bytes, anchor: str, args: Sequence[Any]) -> bytes:
     general packer, and several times faster on bulk publishes (thousands of args).
     """
     parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (len(args) + 4, sha)]
+    append = parts.append
     for arg in (anchor, *args):
-        if isinstance(arg, bytes):
+        kind = type(arg)  # exact types first: the common case, and cheaper than isinstance
+        if kind is bytes:
             data = arg
-        elif isinstance(arg, str):
+        elif kind is str:
             data = arg.encode()
-        elif isinstance(arg, int) and not isinstance(arg, bool):
+        elif kind is int:
             data = b"%d" % arg
+        elif isinstance(arg, (bytes, bytearray, memoryview)):
+            data = bytes(arg)
+        elif isinstance(arg, str):
+            data = str(arg).encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % int(arg)
         else:
             raise TypeError(f"script arguments are bytes, str or int, not {type(arg).__name__}")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 

@@ -1,7 +1,8 @@
 -- enqueue: write one new job and put it in its lane. Returns "OK", "EXISTS" (the
 -- job hash already exists: nothing changes, so publishing is idempotent) or
--- "READY" (queued and runnable now).
-local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+-- "READY" (queued and runnable now). With a `later` list, a ready ungrouped job's
+-- id is appended there instead, for enter_wait_many to queue them all at once.
+local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now, later)
   local k_job = job_key(job_id)
   if redis.call("EXISTS", k_job) == 1 then return "EXISTS" end
   redis.call("HSET", k_job, "id", job_id, "payload", payload, "state", "wait", "attempt", "0",
@@ -17,8 +18,29 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
     enter_delayed(job_id, due_ms, now)
     return "OK"
   end
-  enter_wait(job_id, gid, now, true)
+  if later and gid == "" then
+    later[#later + 1] = job_id
+  else
+    enter_wait(job_id, gid, now, true)
+  end
   return "READY"
+end
+
+-- What enter_wait does for each of many ungrouped ids, whose hashes already say
+-- state "wait": one RPUSH and one ZADD for them all, in their order.
+local function enter_wait_many(ids, now)
+  for first = 1, #ids, 500 do
+    local last = math.min(first + 499, #ids)
+    local scored = {}
+    for i = first, last do
+      scored[#scored + 1] = now
+      scored[#scored + 1] = ids[i]
+    end
+    redis.call("RPUSH", K_WAIT, unpack(ids, first, last))
+    redis.call("ZADD", idx_key("wait"), unpack(scored))
+  end
+  stat_add("waiting", #ids)
+  stat_add("waiting_total", #ids)
 end
 
 -- One token per ready job, keeping at most wake_cap in "{Q}:wake": idle omniq-tasks

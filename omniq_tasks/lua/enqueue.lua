@@ -158,8 +158,9 @@ local token_salt = nil
 
 -- enqueue: write one new job and put it in its lane. Returns "OK", "EXISTS" (the
 -- job hash already exists: nothing changes, so publishing is idempotent) or
--- "READY" (queued and runnable now).
-local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+-- "READY" (queued and runnable now). With a `later` list, a ready ungrouped job's
+-- id is appended there instead, for enter_wait_many to queue them all at once.
+local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now, later)
   local k_job = job_key(job_id)
   if redis.call("EXISTS", k_job) == 1 then return "EXISTS" end
   redis.call("HSET", k_job, "id", job_id, "payload", payload, "state", "wait", "attempt", "0",
@@ -175,7 +176,11 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
     enter_delayed(job_id, due_ms, now)
     return "OK"
   end
-  enter_wait(job_id, gid, now, true)
+  if later and gid == "" then
+    later[#later + 1] = job_id
+  else
+    enter_wait(job_id, gid, now, true)
+  end
   return "READY"
 end
 

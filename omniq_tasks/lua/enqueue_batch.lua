@@ -158,8 +158,9 @@ local token_salt = nil
 
 -- enqueue: write one new job and put it in its lane. Returns "OK", "EXISTS" (the
 -- job hash already exists: nothing changes, so publishing is idempotent) or
--- "READY" (queued and runnable now).
-local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now)
+-- "READY" (queued and runnable now). With a `later` list, a ready ungrouped job's
+-- id is appended there instead, for enter_wait_many to queue them all at once.
+local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms, due_ms, gid, limit, now, later)
   local k_job = job_key(job_id)
   if redis.call("EXISTS", k_job) == 1 then return "EXISTS" end
   redis.call("HSET", k_job, "id", job_id, "payload", payload, "state", "wait", "attempt", "0",
@@ -175,8 +176,29 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
     enter_delayed(job_id, due_ms, now)
     return "OK"
   end
-  enter_wait(job_id, gid, now, true)
+  if later and gid == "" then
+    later[#later + 1] = job_id
+  else
+    enter_wait(job_id, gid, now, true)
+  end
   return "READY"
+end
+
+-- What enter_wait does for each of many ungrouped ids, whose hashes already say
+-- state "wait": one RPUSH and one ZADD for them all, in their order.
+local function enter_wait_many(ids, now)
+  for first = 1, #ids, 500 do
+    local last = math.min(first + 499, #ids)
+    local scored = {}
+    for i = first, last do
+      scored[#scored + 1] = now
+      scored[#scored + 1] = ids[i]
+    end
+    redis.call("RPUSH", K_WAIT, unpack(ids, first, last))
+    redis.call("ZADD", idx_key("wait"), unpack(scored))
+  end
+  stat_add("waiting", #ids)
+  stat_add("waiting_total", #ids)
 end
 
 -- One token per ready job, keeping at most wake_cap in "{Q}:wake": idle omniq-tasks
@@ -210,13 +232,14 @@ end
 
 local out = {0}
 local ready = 0
+local later = {}
 for i = 0, count - 1 do
   local a = 3 + FIELDS * i
   local job_id = ARGV[a + 1]
   local o = parsed[ARGV[a + 4]]
   local outcome = "BAD_JOB_ID"
   if job_id ~= "" then
-    outcome = enqueue_one(job_id, ARGV[a + 2], o[1], o[2], o[3], o[4], ARGV[a + 3], o[5], now)
+    outcome = enqueue_one(job_id, ARGV[a + 2], o[1], o[2], o[3], o[4], ARGV[a + 3], o[5], now, later)
   end
   if outcome == "OK" or outcome == "READY" then
     out[1] = out[1] + 1
@@ -226,6 +249,7 @@ for i = 0, count - 1 do
     out[#out + 1] = outcome
   end
 end
+enter_wait_many(later, now)
 if out[1] > 0 then stat_times(now, "last_enqueue_ms") end
 wake_workers(ready, wake_cap)
 return out
