@@ -79,4 +79,11 @@ def new_job_ids(count: int) -> list[str]:
     if count <= 0:
         return []
     start = _reserve(count)
-    return [ulid_text(start + i) for i in range(count)]
+    ids = []
+    block = prefix = None
+    for value in range(start, start + count):
+        if value >> 10 != block:  # the first 24 chars change once per 1024 ids
+            block = value >> 10
+            prefix = ulid_text(value)[:24]
+        ids.append(f"{prefix}{_PAIRS[value & 0x3FF]}")
+    return ids

@@ -226,6 +226,9 @@ def test_job_ids_are_ulids_and_monotonic_also_after_fork() -> None:
     ids = [new_job_id() for _ in range(50)] + new_job_ids(100) + [new_job_id()]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(ULID.from_str(i).milliseconds > 0 for i in ids)
+    run = new_job_ids(3000)  # crosses 1024-id blocks: each id is the ULID text of start + n
+    start = int(ULID.from_str(run[0]))
+    assert run == [str(ULID.from_int(start + n)) for n in range(3000)]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child's next id must not repeat the parent's next one
