@@ -110,6 +110,8 @@ class Scripts:
 
         A call answered NOSCRIPT is repeated alone after loading its script.
         """
+        if not calls:
+            return []
         if len(calls) == 1:
             name, anchor, args = calls[0]
             try:
