@@ -1,8 +1,8 @@
 -- ack_success_batch (omniq-tasks extension): ack_success for up to 1000 leases.
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token
--- Reply    {acked count, then id, reason for each lease NOT acked (TOKEN_REQUIRED,
---          TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
+-- Reply    {acked count, then position (1-based), reason for each lease NOT acked
+--          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
 --@include base
 --@include lanes
@@ -19,7 +19,7 @@ for i = 1, count do
   local err, gid
   if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[2 + 2 * i], true) end
   if err then
-    out[#out + 1] = job_id
+    out[#out + 1] = i
     out[#out + 1] = err
   else
     left_active(job_id, gid, now)

@@ -82,9 +82,9 @@ def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
     return jobs
 
 
-def parse_ack_batch(reply: Any) -> dict[str, str]:
-    """The leases an ack_success_batch reply says were not acked: job id -> reason."""
-    return {_text(reply[i]): _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+def parse_ack_batch(reply: Any) -> dict[int, str]:
+    """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
+    return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
 
 
 class JobSpec(msgspec.Struct, frozen=True):
@@ -337,7 +337,7 @@ class OmniqClient:
             for job_id, token in chunk:
                 args += (job_id, token)
             refused = parse_ack_batch(self._raise_if_err(self._call("ack_success_batch", anchor, *args), queue))
-            items += [BatchItem(job_id, job_id not in refused, refused.get(job_id)) for job_id, _ in chunk]
+            items += [BatchItem(job_id, n not in refused, refused.get(n)) for n, (job_id, _) in enumerate(chunk)]
         return items
 
     def heartbeat(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> int:

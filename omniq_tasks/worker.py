@@ -237,10 +237,10 @@ class Worker:
                       len(done), queue, reply)
             return
         lost = parse_ack_batch(reply)
-        for job, outcome, elapsed_ms in done:
-            if job.job_id in lost:
+        for n, (job, outcome, elapsed_ms) in enumerate(done):
+            if n in lost:
                 log.warning("lease lost: %s job=%s queue=%s was not acked: %s",
-                            outcome.task, job.job_id, queue, lost[job.job_id])
+                            outcome.task, job.job_id, queue, lost[n])
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
                          job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)

@@ -147,6 +147,13 @@ def test_ack_success_batch_reports_each_lease_it_refused(client: OmniqClient, r:
         ("j2", False, "TOKEN_REQUIRED")]
     assert r.lrange(f"{{{Q}}}:completed", 0, -1) == ["j0"]
     assert set(r.zrange(f"{{{Q}}}:active", 0, -1)) == {"j1", "j2"}
+    # the same lease twice in one batch: acked once, the repeat refused (by position)
+    client.publish(Q, {"n": 9}, job_id="j9", now_ms=NOW)
+    nine = client.reserve_batch(Q, 1, now_ms=NOW)
+    assert isinstance(nine, list) and [j.job_id for j in nine] == ["j9"]
+    lease = (nine[0].job_id, nine[0].lease_token)
+    assert [(i.ok, i.reason) for i in client.ack_success_batch(Q, [lease, lease], now_ms=NOW + 2)] == [
+        (True, None), (False, "TOKEN_MISMATCH")]
     assert_invariants(r, Q)
 
 
