@@ -7,6 +7,7 @@ when redis-server cannot start, the error says why (tests fail, never skip).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -27,8 +28,13 @@ def free_port(maximum: int = 65535) -> int:
             return port
 
 
+# Run against another server build (an older Redis, Valkey) by naming its binary.
+SERVER_ENV = "OMNIQ_TEST_REDIS_SERVER"
+
+
 def redis_server_binary() -> str:
-    path = shutil.which("redis-server")
+    """``$OMNIQ_TEST_REDIS_SERVER`` if set, else ``redis-server`` on PATH."""
+    path = os.environ.get(SERVER_ENV) or shutil.which("redis-server")
     if path is None:
         raise RuntimeError(
             "redis-server is not on PATH: install it (apt-get install -y redis-server); "
