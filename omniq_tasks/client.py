@@ -29,13 +29,12 @@ log = logging.getLogger(__name__)
 
 RedisClient = Union[redis_lib.Redis, RedisCluster]
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-REMOVABLE_LANES = ("wait", "gwait", "delayed", "failed", "completed")
 # Wake-up tokens kept per queue at most: enough to wake that many idle workers.
 DEFAULT_WAKE_CAP = 64
 ENQUEUE_CHUNK = 1000
 _json_encode = msgspec.json.Encoder().encode
 # What follows the id in a batch reply entry (never a reason word).
-_ITEM_STATUSES = ("OK", "ERR", "EXISTS")
+_ITEM_STATUSES = ("OK", "ERR")
 
 
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
@@ -181,7 +180,7 @@ class OmniqClient:
         """A batch's flat ``id, status, ...`` reply, or raise for a whole-call ``{"ERR", REASON}``.
 
         A job may well be called "ERR", so the second entry decides: an item status
-        (OK, ERR, EXISTS) is never a reason word.
+        (OK, ERR) is never a reason word.
         """
         if isinstance(reply, list) and len(reply) > 1 and _text(reply[1]) in _ITEM_STATUSES:
             return reply
