@@ -16,6 +16,8 @@ local function enqueue_one(job_id, payload, max_attempts, timeout_ms, backoff_ms
   end
   if due_ms > now then
     enter_delayed(job_id, due_ms, now)
+    -- A limit this publish set can give waiting jobs of the group room now.
+    if gid ~= "" and limit > 0 then group_ready_if_room(gid, now) end
     return "OK"
   end
   if later and gid == "" then
