@@ -159,12 +159,12 @@ def test_remove_from_gwait(client: OmniqClient, r) -> None:
 
 
 def test_remove_from_gwait_readies_a_group_with_room_at_score_zero(client: OmniqClient, r) -> None:
-    # g: limit 1 (none set) with g1 running, so not ready; a delayed publish then sets
-    # its limit to 3 without making it ready; removing g3 leaves it ready (reference: score 0)
+    # g: limit 1 (none set) with g1 running, so not ready; an operator then raises its
+    # limit to 3 without making it ready; removing g3 leaves it ready (reference: score 0)
     for n in (1, 2, 3):
         client.publish(Q, {"n": n}, job_id=f"g{n}", gid="g", now_ms=n)
     assert client.reserve(Q, now_ms=10).job_id == "g1"
-    client.publish(Q, {"n": 4}, job_id="g4", gid="g", group_limit=3, due_ms=9000, now_ms=11)
+    r.set(f"{{{Q}}}:g:g:limit", "3")
     assert groups_ready(r, Q) == []
 
     client.remove_job(Q, "g3", "gwait", now_ms=50)
@@ -173,6 +173,17 @@ def test_remove_from_gwait_readies_a_group_with_room_at_score_zero(client: Omniq
     assert_stats(r, Q, groups_ready=1, group_waiting=1)
     assert_invariants(r, Q)
     assert client.reserve(Q, now_ms=60).job_id == "g2"
+
+
+def test_delayed_publish_that_sets_the_limit_readies_a_group_with_room(client: OmniqClient, r) -> None:
+    for n in (1, 2):
+        client.publish(Q, {"n": n}, job_id=f"g{n}", gid="g", now_ms=n)
+    assert client.reserve(Q, now_ms=10).job_id == "g1"  # limit 1: full, not ready
+    assert groups_ready(r, Q) == []
+    client.publish(Q, {"n": 3}, job_id="g3", gid="g", group_limit=3, due_ms=9000, now_ms=11)
+    assert groups_ready(r, Q) == [("g", 11.0)]  # room for g2 now
+    assert_invariants(r, Q)
+    assert client.reserve(Q, now_ms=12).job_id == "g2"
 
 
 def test_remove_from_gwait_unreadies_a_full_group(client: OmniqClient, r) -> None:
