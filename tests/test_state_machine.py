@@ -26,7 +26,9 @@ word, the leased job, its lock, the RETRY due time, child counters...).
 
 Run: ``pytest -q tests/test_state_machine.py`` (add ``-s`` to see the examples count
 and what the run exercised); ``OMNIQ_SM_EXAMPLES=3000`` for a deeper search.
-A failure prints the shortest step sequence hypothesis found.
+A failure prints the shortest step sequence hypothesis found (shrinking can take a
+few minutes). The ``test_regression_*`` functions replay, step by step, sequences
+the machine found.
 """
 
 from __future__ import annotations
