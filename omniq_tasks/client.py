@@ -247,7 +247,7 @@ class OmniqClient:
         ``wake_cap`` > 0 also pushes a wake-up token to ``{Q}:wake`` (keeping at most
         that many), so an idle omniq-tasks worker starts the job at once.
         """
-        anchor = keys.queue_anchor(queue)
+        keys.validate_queue(queue)  # a bad name is refused first, whatever the payload
         data = payload_json.encode() if isinstance(payload_json, str) else payload_json
         if not isinstance(data, bytes) or data.lstrip()[:1] not in (b"{", b"["):
             raise PayloadError("payload_json must be the JSON text of an object or array")
@@ -257,12 +257,19 @@ class OmniqClient:
             )
         spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
                         backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
-        args: tuple[Any, ...] = (spec.job_id, data, spec.max_attempts, spec.timeout_ms, spec.backoff_ms,
-                                 _check_int("now_ms", now_ms, 0), spec.due_ms, spec.gid, spec.group_limit)
+        return self.publish_spec(queue, spec, wake_cap=wake_cap, now_ms=now_ms)
+
+    def publish_spec(self, queue: str, spec: JobSpec, *, wake_cap: int = 0, now_ms: int = 0) -> Published:
+        """Publish one JobSpec (from :func:`job_spec`, so already checked) with the protocol enqueue.
+
+        ``wake_cap`` > 0 also pushes a wake-up token (see :meth:`publish_json`).
+        """
+        args: tuple[Any, ...] = (spec.job_id, spec.payload, spec.max_attempts, spec.timeout_ms,
+                                 spec.backoff_ms, _check_int("now_ms", now_ms, 0), spec.due_ms,
+                                 spec.gid, spec.group_limit)
         if wake_cap:
             args += (_check_int("wake_cap", wake_cap, 0),)
-        job_id = spec.job_id
-        reply = self._raise_if_err(self._call("enqueue", anchor, *args), queue, job_id)
+        reply = self._raise_if_err(self._call("enqueue", keys.queue_anchor(queue), *args), queue, spec.job_id)
         return Published(queue=queue, job_id=_text(reply[1]), existed=len(reply) > 2)
 
     def enqueue_many(

@@ -160,10 +160,7 @@ class Task(Generic[P, R]):
             group_limit=group_limit, job_id=job_id, max_attempts=max_attempts,
             timeout_ms=timeout_ms, backoff_ms=backoff_ms)
         client = self.app.client
-        published = client.publish_json(
-            target, spec.payload, job_id=spec.job_id, max_attempts=spec.max_attempts,
-            timeout_ms=spec.timeout_ms, backoff_ms=spec.backoff_ms, due_ms=spec.due_ms,
-            gid=spec.gid or None, group_limit=spec.group_limit, wake_cap=self.app.wake_cap)
+        published = client.publish_spec(target, spec, wake_cap=self.app.wake_cap)
         return JobHandle(client, target, published.job_id, published.existed)
 
     def map(self, calls: Iterable[Any], *, queue: str | None = None) -> list[JobHandle]:
@@ -179,11 +176,19 @@ class Task(Generic[P, R]):
         specs: list[JobSpec] = []
         for item, job_id in zip(items, ids):
             if isinstance(item, tuple):
-                specs.append(self.prepare(item, {}, job_id=job_id))
+                payload, gid = self._encode(item, {})
             elif isinstance(item, dict):
-                specs.append(self.prepare((), item, job_id=job_id))
+                payload, gid = self._encode((), item)
             else:
-                specs.append(self.prepare((item,), {}, job_id=job_id))
+                payload, gid = self._encode((item,), {})
+            if gid is None or gid is self.gid:
+                # Our own id and the task's own options, all checked already.
+                specs.append(JobSpec(job_id, payload, self.max_attempts, self.timeout_ms,
+                                     self.backoff_ms, 0, gid or "", self.group_limit))
+            else:  # a gid made from the arguments still needs its check
+                specs.append(job_spec(payload, job_id=job_id, max_attempts=self.max_attempts,
+                                      timeout_ms=self.timeout_ms, backoff_ms=self.backoff_ms,
+                                      gid=gid, group_limit=self.group_limit))
         client = self.app.client
         published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
         return [JobHandle(client, target, p.job_id, p.existed) for p in published]
@@ -202,6 +207,20 @@ class Task(Generic[P, R]):
         backoff_ms: int | None = None,
     ) -> JobSpec:
         """Encode and check one call as a JobSpec, without publishing it."""
+        payload, resolved = self._encode(args, kwargs)
+        return job_spec(
+            payload,
+            job_id=job_id,
+            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
+            timeout_ms=self.timeout_ms if timeout_ms is None else timeout_ms,
+            backoff_ms=self.backoff_ms if backoff_ms is None else backoff_ms,
+            due_ms=due_ms,
+            gid=gid if gid is not None else resolved,
+            group_limit=self.group_limit if group_limit is None else group_limit,
+        )
+
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, str | None]:
+        """The checked payload of a call, and the gid the task's rule gives it."""
         if self.raw:
             call_args, payload = self._raw_payload(args, kwargs)
         else:
@@ -212,24 +231,7 @@ class Task(Generic[P, R]):
             raise PayloadTooLargeError(
                 f"task {self.name}: payload is {len(payload)} bytes; the limit is "
                 f"{self.app.max_payload_bytes} (App(max_payload_bytes=...))")
-        if gid is None:
-            gid = self._resolve_gid(args, kwargs, call_args)
-        overrides = (group_limit, max_attempts, timeout_ms, backoff_ms)
-        if (job_id is not None and due_ms == 0 and overrides == (None, None, None, None)
-                and (gid is None or gid is self.gid)):
-            # The bulk path: the task's own options, checked when it was declared.
-            return JobSpec(job_id, payload, self.max_attempts, self.timeout_ms, self.backoff_ms,
-                           0, gid or "", self.group_limit)
-        return job_spec(
-            payload,
-            job_id=job_id,
-            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
-            timeout_ms=self.timeout_ms if timeout_ms is None else timeout_ms,
-            backoff_ms=self.backoff_ms if backoff_ms is None else backoff_ms,
-            due_ms=due_ms,
-            gid=gid,
-            group_limit=self.group_limit if group_limit is None else group_limit,
-        )
+        return payload, self._resolve_gid(args, kwargs, call_args)
 
     def _raw_payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The call by name and the payload JSON, checked against the parameter's annotation."""
