@@ -96,18 +96,10 @@ def job_key(queue: str, job_id: str) -> str:
     return f"{queue_base(queue)}:job:{job_id}"
 
 
-def lane_key(queue: str, lane: str) -> str:
-    """The key of a lane: wait, active, delayed, failed, completed."""
-    return f"{queue_base(queue)}:{lane}"
-
 
 def idx_key(queue: str, lane: str) -> str:
     return f"{queue_base(queue)}:idx:{lane}"
 
-
-def group_key(queue: str, gid: str, part: str) -> str:
-    """``{Q}:g:<gid>:<part>`` with part one of wait, inflight, limit."""
-    return f"{queue_base(queue)}:g:{gid}:{part}"
 
 
 def stats_key(queue: str) -> str:
@@ -117,9 +109,6 @@ def stats_key(queue: str) -> str:
 def paused_key(queue: str) -> str:
     return queue_base(queue) + ":paused"
 
-
-def groups_ready_key(queue: str) -> str:
-    return queue_base(queue) + ":groups:ready"
 
 
 def queue_from_stats_key(key: str) -> str | None:
