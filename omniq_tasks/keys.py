@@ -96,10 +96,8 @@ def job_key(queue: str, job_id: str) -> str:
     return f"{queue_base(queue)}:job:{job_id}"
 
 
-
 def idx_key(queue: str, lane: str) -> str:
     return f"{queue_base(queue)}:idx:{lane}"
-
 
 
 def stats_key(queue: str) -> str:
@@ -108,7 +106,6 @@ def stats_key(queue: str) -> str:
 
 def paused_key(queue: str) -> str:
     return queue_base(queue) + ":paused"
-
 
 
 def queue_from_stats_key(key: str) -> str | None:
