@@ -3,6 +3,10 @@
 ``RedisServer()`` starts a standalone server on a free port in a temp dir (nothing
 persisted) and ``RedisClusterNodes()`` a real 3-master Redis Cluster. No fakes:
 when redis-server cannot start, the error says why (tests fail, never skip).
+
+``RedisServer(tls=True)`` serves TLS only, with a throwaway CA and server certificate
+made by the ``openssl`` command (:func:`make_ca`, :func:`make_server_cert`); its
+``url`` is a ``rediss://`` URL that trusts that CA.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import redis
 
@@ -26,6 +32,58 @@ def free_port(maximum: int = 65535) -> int:
             port = int(s.getsockname()[1])
         if port <= maximum:
             return port
+
+
+class CertFiles(NamedTuple):
+    """A PEM certificate and its private key."""
+
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    binary = shutil.which("openssl")
+    if binary is None:
+        raise RuntimeError("openssl is not on PATH: needed to make test TLS certificates "
+                           "(apt-get install -y openssl)")
+    result = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()[-2000:]}")
+
+
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def make_ca(directory: Path, name: str = "ca") -> CertFiles:
+    """A throwaway self-signed CA (1 day): ``<name>.pem`` and ``<name>.key`` in ``directory``."""
+    ca = CertFiles(directory / f"{name}.pem", directory / f"{name}.key")
+    _openssl("req", "-x509", *_EC_KEY, "-keyout", str(ca.key), "-out", str(ca.cert), "-days", "1",
+             "-subj", f"/CN=omniq-tasks test CA {name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    return ca
+
+
+def make_server_cert(directory: Path, ca: CertFiles, name: str = "server",
+                     hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> CertFiles:
+    """A server certificate signed by ``ca``, valid for ``hosts`` (IPs or DNS names), 1 day."""
+    out = CertFiles(directory / f"{name}.pem", directory / f"{name}.key")
+    csr = directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    sans = ",".join(("IP:" if h.replace(".", "").isdigit() or ":" in h else "DNS:") + h for h in hosts)
+    ext.write_text(
+        f"subjectAltName={sans}\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    _openssl("req", *_EC_KEY, "-keyout", str(out.key), "-out", str(csr), "-subj", f"/CN={hosts[0]}",
+             cwd=directory)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key),
+             "-CAcreateserial", "-out", str(out.cert), "-days", "1", "-extfile", str(ext), cwd=directory)
+    return out
 
 
 # Run against another server build (an older Redis, Valkey) by naming its binary.
@@ -44,13 +102,30 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """One redis-server on a free port in its own temp dir, nothing persisted."""
+    """One redis-server on a free port in its own temp dir, nothing persisted.
 
-    def __init__(self, *extra_args: str, port: int | None = None) -> None:
+    ``tls=True``: the port speaks TLS only (no plain-text port); a throwaway CA
+    (``self.ca``) signs the server's certificate (``self.server_cert``), clients are
+    not asked for certificates, and ``url`` is ``rediss://...?ssl_ca_certs=<ca.pem>``.
+    """
+
+    def __init__(self, *extra_args: str, port: int | None = None, tls: bool = False) -> None:
         self.port = port or free_port()
+        self.extra_args = extra_args
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="omniq-redis-"))
+        self.ca: CertFiles | None = None
+        self.server_cert: CertFiles | None = None
+        listen = ["--port", str(self.port)]
+        if tls:
+            self.ca = make_ca(self.dir)
+            self.server_cert = make_server_cert(self.dir, self.ca)
+            listen = ["--port", "0", "--tls-port", str(self.port),
+                      "--tls-cert-file", str(self.server_cert.cert),
+                      "--tls-key-file", str(self.server_cert.key),
+                      "--tls-ca-cert-file", str(self.ca.cert), "--tls-auth-clients", "no"]
         cmd = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            redis_server_binary(), *listen, "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", "--appendonly", "no",
             "--logfile", str(self.dir / "redis.log"), *extra_args,
         ]
@@ -59,7 +134,20 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.ca is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.ca.cert))}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis(...)`` that reach this server (TLS included)."""
+        kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        if self.ca is not None:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.ca.cert))
+        return kwargs
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A redis-py client on this server; ``kwargs`` add to or override :meth:`connection_kwargs`."""
+        return redis.Redis(**{**self.connection_kwargs(), **kwargs})
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 10
@@ -68,7 +156,8 @@ class RedisServer:
                 log = (self.dir / "redis.log").read_text() if (self.dir / "redis.log").exists() else ""
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log[-2000:]}")
             try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
+                with self.client(socket_timeout=1) as conn:
+                    conn.ping()
                 return
             except redis.ConnectionError:
                 time.sleep(0.02)
@@ -76,9 +165,9 @@ class RedisServer:
         raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
 
     def restart(self) -> None:
-        """Stop and start again on the same port: all data and loaded scripts are gone."""
-        self.stop(keep_dir=True)
-        self.__init__(port=self.port)  # type: ignore[misc]
+        """Stop and start again on the same port (same options): all data and loaded scripts are gone."""
+        self.stop()
+        self.__init__(*self.extra_args, port=self.port, tls=self.tls)  # type: ignore[misc]
 
     def stop(self, keep_dir: bool = False) -> None:
         if self.process.poll() is None:
