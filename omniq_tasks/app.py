@@ -15,6 +15,7 @@ from .context import JobContext
 from .keys import validate_queue
 from .registry import Registry
 from .task import GidRule, Task
+from .urls import redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -68,7 +69,7 @@ class App:
         self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<App {self.name} tasks={len(self.registry)} redis={self.redis_url}>"
+        return f"<App {self.name} tasks={len(self.registry)} redis={redact_url(self.redis_url)}>"
 
     @property
     def client(self) -> OmniqClient:
@@ -139,7 +140,7 @@ class App:
                 self,
                 func,
                 name=name or f"{func.__module__}.{func.__qualname__}",
-                queue=queue or self.queue,
+                queue=self.queue if queue is None else queue,  # "" is refused, not the default
                 gid=gid,
                 group_limit=_check_int("group_limit", group_limit, 0),
                 max_attempts=self.max_attempts if max_attempts is None

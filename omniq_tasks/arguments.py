@@ -16,6 +16,7 @@ from typing import Any, Callable
 import msgspec
 
 from .context import JobContext
+from .envelope import MAX_NESTING, describe_difference, find_nonfinite, first_difference, to_plain, too_deep
 from .errors import OmniqError
 
 _encode = msgspec.json.Encoder().encode
@@ -29,6 +30,32 @@ class TaskArgumentError(OmniqError, TypeError):
 
 class TaskDefinitionError(OmniqError, TypeError):
     """Raised when a function cannot be a task (e.g. *args, or an unencodable default)."""
+
+
+def encode_checked(value: Any, context: str, what: str = "arguments") -> bytes:
+    """``value`` as JSON, or TaskArgumentError (message: ``context``, then the problem with ``what``).
+
+    Refuses what msgspec cannot encode and nesting deeper than MAX_NESTING.
+    """
+    try:
+        data = _encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TaskArgumentError(f"{context}cannot encode {what}: {exc}") from None
+    except RecursionError:
+        data = b""
+    if not data or too_deep(data):
+        raise TaskArgumentError(f"{context}{what}: arrays/objects nest deeper than {MAX_NESTING} levels")
+    return data
+
+
+def check_same(sent: Any, got: Any, where: str, context: str) -> None:
+    """Raise TaskArgumentError when ``got`` (decoded) is not what was ``sent``, beyond lists for tuples."""
+    try:
+        difference = first_difference(to_plain(sent), to_plain(got), where)
+    except (TypeError, ValueError):  # not comparable as plain data: it did compare unequal
+        difference = (where, sent, got)
+    if difference is not None:
+        raise TaskArgumentError(context + describe_difference(*difference))
 
 
 def _is_context(annotation: Any) -> bool:
@@ -86,7 +113,13 @@ class ArgumentCodec:
             raise TaskDefinitionError(f"task {task_name}: {exc}") from None
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """The call's arguments by name, and their JSON object; raises TaskArgumentError."""
+        """The call's arguments by name, and their JSON object; raises TaskArgumentError.
+
+        The JSON is decoded again as the worker will decode it, and what comes back
+        must equal what was given: so a NaN (JSON null), bytes where text is
+        expected (base64) or a big int given to a float are refused here, not
+        delivered changed.
+        """
         if not kwargs and len(args) == len(self._positional) == len(self.params):
             arguments: dict[str, Any] = dict(zip(self._positional, args))  # every parameter, in order
         else:
@@ -94,12 +127,25 @@ class ArgumentCodec:
                 arguments = self.call_signature.bind(*args, **kwargs).arguments
             except TypeError as exc:
                 raise TaskArgumentError(f"task {self.task_name}: {exc}") from None
+        data = encode_checked(arguments, f"task {self.task_name}: ")
         try:
-            data = _encode(arguments)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TaskArgumentError(f"task {self.task_name}: cannot encode arguments: {exc}") from None
-        self.decode(data)
+            decoded = self.decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._refusal(arguments, _describe(exc)) from None
+        except RecursionError:
+            raise TaskArgumentError(f"task {self.task_name}: arguments nest too deep") from None
+        for name, value in arguments.items():
+            got = getattr(decoded, name)
+            if got is not value and got != value:
+                check_same(value, got, name, f"task {self.task_name}: ")
         return arguments, data
+
+    def _refusal(self, arguments: dict[str, Any], problem: str) -> TaskArgumentError:
+        """The error for arguments the decoder refused; a NaN is named as such (it became null)."""
+        nonfinite = find_nonfinite(to_plain(arguments))
+        if nonfinite is not None:
+            problem = describe_difference(nonfinite[0], nonfinite[1], None)
+        return TaskArgumentError(f"task {self.task_name}: {problem}")
 
     def decode(self, kwargs_json: bytes) -> Any:
         """Decode a JSON object of arguments by name to the task's Struct."""
@@ -107,6 +153,8 @@ class ArgumentCodec:
             return self.decoder.decode(kwargs_json)
         except msgspec.DecodeError as exc:
             raise TaskArgumentError(f"task {self.task_name}: {_describe(exc)}") from None
+        except RecursionError:
+            raise TaskArgumentError(f"task {self.task_name}: arguments nest too deep to decode") from None
 
     def decode_parts(self, args_json: bytes | None, kwargs_json: bytes | None) -> Any:
         """Decode an envelope's ``args`` array and ``kwargs`` object (from any producer)."""

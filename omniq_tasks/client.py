@@ -10,7 +10,8 @@ explicit clock.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import msgspec
 import redis as redis_lib
@@ -18,6 +19,9 @@ from redis.cluster import RedisCluster
 
 from . import keys
 from .ids import new_job_id
+from .envelope import MAX_NESTING, find_nonfinite, to_plain, too_deep
+from .errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
+from .urls import redact_url
 from .errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
 from .models import (
     AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
@@ -35,6 +39,62 @@ ENQUEUE_CHUNK = 1000
 _json_encode = msgspec.json.Encoder().encode
 # What follows the id in a batch reply entry (never a reason word).
 _ITEM_STATUSES = ("OK", "ERR")
+
+
+def backend_error(exc: redis_lib.RedisError, url: str) -> BackendError:
+    """Our error for a redis-py error; ``url`` must already be redacted."""
+    text = str(exc)
+    if isinstance(exc, redis_lib.TimeoutError):
+        return OmniqTimeoutError(f"Redis at {url} did not answer in time: {text}", url=url)
+    if isinstance(exc, redis_lib.ConnectionError):
+        return OmniqConnectionError(f"cannot reach Redis at {url}: {text}", url=url)
+    if isinstance(exc, redis_lib.exceptions.OutOfMemoryError) or text.startswith("OOM "):
+        return RedisFullError(
+            f"Redis at {url} is full (maxmemory reached) and refused the write; nothing was written: {text}",
+            url=url)
+    return RedisCommandError(f"Redis at {url} refused the command: {text}", url=url)
+
+
+_json_decode = msgspec.json.Decoder().decode
+
+
+def check_json_text(data: bytes) -> None:
+    """Raise PayloadError unless ``data`` is one whole JSON object or array in UTF-8."""
+    if too_deep(data):
+        raise PayloadError(f"payload_json nests arrays/objects deeper than {MAX_NESTING} levels")
+    try:
+        value = _json_decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"payload_json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("payload_json nests arrays/objects too deep") from None
+    if not isinstance(value, (dict, list)):
+        raise PayloadError("payload_json must be the JSON text of an object or array")
+
+
+@contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Raise redis-py errors of the block as ours (see :func:`backend_error`)."""
+    try:
+        yield
+    except redis_lib.RedisError as exc:
+        raise backend_error(exc, url) from exc
+
+
+def describe_redis(client: Any) -> str:
+    """A password-free URL for a redis-py client, from its connection settings."""
+    try:
+        if isinstance(client, RedisCluster):
+            node = client.get_default_node()  # type: ignore[no-untyped-call]
+            return f"redis://{node.host}:{node.port} (cluster)"
+        pool = client.connection_pool
+        settings = pool.connection_kwargs
+        if settings.get("path"):
+            return f"unix://{settings['path']}?db={settings.get('db', 0)}"
+        scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+        return f"{scheme}://{settings.get('host', 'localhost')}:{settings.get('port', 6379)}/{settings.get('db', 0)}"
+    except Exception:  # only a description: never fail on it
+        return "<redis client>"
 
 
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
@@ -142,9 +202,16 @@ class OmniqClient:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if redis is None or isinstance(redis, str):
-            self.redis: RedisClient = connect(redis or "redis://localhost:6379/0", cluster=cluster)
+            url = redis or "redis://localhost:6379/0"
+            # What errors and reprs show: the URL without its password.
+            self.url = redact_url(url)
+            try:  # a cluster client connects here already
+                self.redis: RedisClient = connect(url, cluster=cluster)
+            except redis_lib.RedisError as exc:
+                raise backend_error(exc, self.url) from exc
         elif isinstance(redis, (redis_lib.Redis, RedisCluster)):
             self.redis = redis
+            self.url = describe_redis(redis)
         else:
             raise TypeError(f"redis must be a URL or a redis-py client, not {type(redis).__name__}")
         self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
@@ -163,7 +230,10 @@ class OmniqClient:
     # -- calling scripts -----------------------------------------------------
 
     def _call(self, name: str, anchor: str, *args: Any) -> Any:
-        return self.scripts.call(name, anchor, args)
+        try:
+            return self.scripts.call(name, anchor, args)
+        except redis_lib.RedisError as exc:  # into our family, with the URL but no password
+            raise backend_error(exc, self.url) from exc
 
     @staticmethod
     def _raise_if_err(reply: Any, queue: str = "", job_id: str = "") -> list[Any]:
@@ -194,11 +264,20 @@ class OmniqClient:
             data = _json_encode(payload)
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
+        except RecursionError:
+            data = b"[" * (MAX_NESTING + 1)
         if data[:1] not in (b"{", b"["):
             raise PayloadError(
                 f"payload must be a JSON object or array (dict, list, Struct, dataclass), "
                 f"not {type(payload).__name__}"
             )
+        if too_deep(data):
+            raise PayloadError(f"payload nests arrays/objects deeper than {MAX_NESTING} levels")
+        # msgspec writes NaN and infinities as null: refuse them rather than change them.
+        if b"null" in data:
+            nonfinite = find_nonfinite(to_plain(payload), "payload")
+            if nonfinite is not None:
+                raise PayloadError(f"{nonfinite[0]} is {nonfinite[1]}: JSON has no NaN or Infinity")
         return data
 
     def publish(
@@ -248,13 +327,17 @@ class OmniqClient:
         that many), so an idle omniq-tasks worker starts the job at once.
         """
         keys.validate_queue(queue)  # a bad name is refused first, whatever the payload
-        data = payload_json.encode() if isinstance(payload_json, str) else payload_json
+        try:
+            data = payload_json.encode() if isinstance(payload_json, str) else payload_json
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+            raise PayloadError(f"payload_json is not valid text: {exc}") from None
         if not isinstance(data, bytes) or data.lstrip()[:1] not in (b"{", b"["):
             raise PayloadError("payload_json must be the JSON text of an object or array")
         if len(data) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"payload is {len(data)} bytes; the limit is {self.max_payload_bytes}"
             )
+        check_json_text(data)
         spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
                         backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
         return self.publish_spec(queue, spec, wake_cap=wake_cap, now_ms=now_ms)
@@ -406,7 +489,8 @@ class OmniqClient:
 
     def is_paused(self, queue: str) -> bool:
         """True while the queue is paused."""
-        return bool(self.redis.exists(keys.paused_key(queue)))
+        with redis_errors(self.url):
+            return bool(self.redis.exists(keys.paused_key(queue)))
 
     def retry_failed(self, queue: str, job_id: str, *, now_ms: int = 0) -> None:
         """Put a failed job back in its wait lane with attempt reset to 0."""
@@ -468,7 +552,8 @@ class OmniqClient:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.stats_key(queue))
         pipe.exists(keys.paused_key(queue))
-        raw, paused = pipe.execute()
+        with redis_errors(self.url):
+            raw, paused = pipe.execute()
         fields = {_text(k): _int_or_none(v) or 0 for k, v in raw.items()}
         known = {f: fields[f] for f in QueueStats.__struct_fields__ if f in fields}
         known.pop("queue", None)
@@ -478,15 +563,17 @@ class OmniqClient:
     def list_queues(self) -> list[str]:
         """Every queue that has a ``{Q}:stats`` hash, sorted (a SCAN, no registry key)."""
         found = set()
-        for key in self.redis.scan_iter(match="*:stats", count=1000):
-            name = keys.queue_from_stats_key(_text(key))
-            if name:
-                found.add(name)
+        with redis_errors(self.url):
+            for key in self.redis.scan_iter(match="*:stats", count=1000):
+                name = keys.queue_from_stats_key(_text(key))
+                if name:
+                    found.add(name)
         return sorted(found)
 
     def job(self, queue: str, job_id: str) -> JobInfo | None:
         """The job hash, typed; None when no such job exists."""
-        raw = self.redis.hgetall(keys.job_key(queue, job_id))
+        with redis_errors(self.url):
+            raw = self.redis.hgetall(keys.job_key(queue, job_id))
         if not raw:
             return None
         h = {_text(k): _text(v) for k, v in raw.items()}
@@ -505,5 +592,7 @@ class OmniqClient:
         """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed)."""
         if lane not in keys.LANES:
             raise ValueError(f"lane must be one of {keys.LANES}, got {lane!r}")
-        for member in self.redis.zrange(keys.idx_key(queue, lane), 0, -1):
+        with redis_errors(self.url):
+            members = self.redis.zrange(keys.idx_key(queue, lane), 0, -1)
+        for member in members:
             yield _text(member)

@@ -11,6 +11,8 @@ each reason has its own subclass, so callers can catch exactly what they expect:
 
 from __future__ import annotations
 
+import redis.exceptions
+
 
 class OmniqError(Exception):
     """Raised for anything omniq-tasks refuses or cannot do; the root of all others."""
@@ -26,6 +28,44 @@ class PayloadError(OmniqError, TypeError):
 
 class PayloadTooLargeError(OmniqError, ValueError):
     """Raised when an encoded payload is larger than the configured limit."""
+
+
+class InvalidOptionError(OmniqError, TypeError, ValueError):
+    """Raised when a publish option (countdown, eta, ...) has the wrong type or is out of range.
+
+    Both a TypeError and a ValueError, the two errors such checks raised before.
+    """
+
+
+class BackendError(OmniqError):
+    """Raised when Redis itself fails a command (unreachable, full, or another server error).
+
+    ``.url`` names the server without its password.
+    """
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class OmniqConnectionError(BackendError, redis.exceptions.ConnectionError, ConnectionError):
+    """Raised when Redis cannot be reached or the connection breaks.
+
+    Also a redis-py ``ConnectionError`` and the builtin ``ConnectionError``, so
+    code that already catches either keeps working.
+    """
+
+
+class OmniqTimeoutError(OmniqConnectionError, redis.exceptions.TimeoutError, TimeoutError):
+    """Raised when Redis does not answer in time (also redis-py's and the builtin TimeoutError)."""
+
+
+class RedisFullError(BackendError, redis.exceptions.ResponseError):
+    """Raised when Redis refuses a write because it reached ``maxmemory`` (OOM); nothing was written."""
+
+
+class RedisCommandError(BackendError, redis.exceptions.ResponseError):
+    """Raised when Redis answers a command with an error that is not a protocol reply (e.g. READONLY)."""
 
 
 class ProtocolError(OmniqError):

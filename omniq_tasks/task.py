@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar, Uni
 import msgspec
 from typing_extensions import ParamSpec
 
-from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError, _describe
+from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError, _describe, check_same, encode_checked
 from .client import JobSpec, job_spec
 from .context import JobContext
-from .errors import PayloadTooLargeError
+from .errors import InvalidOptionError, PayloadTooLargeError
 from .envelope import build_envelope
 from .ids import new_job_ids
 from .keys import validate_gid, validate_queue
@@ -27,26 +27,38 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 GidRule = Union[str, Callable[..., str], None]
-_encode = msgspec.json.Encoder().encode
+
+
+# The last millisecond of year 9999: later due times are surely mistakes (and
+# beyond 2**53 the scripts' Lua numbers would lose precision).
+_MAX_DUE_MS = 253_402_300_799_999
 
 
 def _due_ms(countdown: float | None, eta: datetime | float | None) -> int:
     """Epoch ms for countdown (seconds from now) or eta (aware datetime or epoch seconds)."""
     if countdown is not None and eta is not None:
-        raise ValueError("pass countdown or eta, not both")
+        raise InvalidOptionError("pass countdown or eta, not both")
     if countdown is not None:
-        if countdown < 0:
-            raise ValueError(f"countdown must be >= 0 seconds, got {countdown}")
-        return int((time.time() + countdown) * 1000)
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)):
+            raise InvalidOptionError(f"countdown must be seconds (int or float), not {type(countdown).__name__}")
+        if not countdown >= 0:  # NaN fails this too
+            raise InvalidOptionError(f"countdown must be >= 0 seconds, got {countdown}")
+        return _checked_due("countdown", countdown, time.time() + countdown)
     if eta is None:
         return 0
     if isinstance(eta, datetime):
         if eta.tzinfo is None:
-            raise ValueError("eta must be an aware datetime (with tzinfo); naive times are ambiguous")
-        return int(eta.timestamp() * 1000)
+            raise InvalidOptionError("eta must be an aware datetime (with tzinfo); naive times are ambiguous")
+        return _checked_due("eta", eta, eta.timestamp())
     if isinstance(eta, (int, float)) and not isinstance(eta, bool):
-        return int(eta * 1000)
-    raise TypeError(f"eta must be an aware datetime or epoch seconds, not {type(eta).__name__}")
+        return _checked_due("eta", eta, eta)
+    raise InvalidOptionError(f"eta must be an aware datetime or epoch seconds, not {type(eta).__name__}")
+
+
+def _checked_due(name: str, given: object, epoch_s: float) -> int:
+    if not 0 <= epoch_s <= _MAX_DUE_MS / 1000:  # also refuses NaN and infinities
+        raise InvalidOptionError(f"{name}={given!r} is not a time between 1970 and year 9999")
+    return int(epoch_s * 1000)
 
 
 class Task(Generic[P, R]):
@@ -238,17 +250,19 @@ class Task(Generic[P, R]):
         values = list(args) + list(kwargs.values())
         if len(values) != 1:
             raise TaskArgumentError(f"raw task {self.name} takes exactly one argument (the payload)")
-        try:
-            data = _encode(values[0])
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TaskArgumentError(f"raw task {self.name}: cannot encode payload: {exc}") from None
+        context = f"raw task {self.name}: "
+        data = encode_checked(values[0], context, "payload")
         if data[:1] not in (b"{", b"["):
-            raise TaskArgumentError(f"raw task {self.name}: the payload must be a JSON object or array")
-        if self.raw_decoder is not None:  # what the worker's raw decoder would refuse
+            raise TaskArgumentError(f"{context}the payload must be a JSON object or array")
+        if self.raw_decoder is not None:  # what the worker's raw decoder would refuse or change
             try:
-                self.raw_decoder.decode(data)
+                got = self.raw_decoder.decode(data)
             except msgspec.DecodeError as exc:
-                raise TaskArgumentError(f"raw task {self.name}: {_describe(exc)}") from None
+                raise TaskArgumentError(f"{context}{_describe(exc)}") from None
+            except RecursionError:
+                raise TaskArgumentError(f"{context}the payload nests too deep") from None
+            if got is not values[0] and got != values[0]:
+                check_same(values[0], got, self.codec.params[0], context)
         return {self.codec.params[0]: values[0]}, data
 
     def _resolve_gid(self, args: tuple[Any, ...], kwargs: dict[str, Any],
