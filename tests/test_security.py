@@ -251,8 +251,9 @@ def test_acl_user_runs_publisher_and_worker_end_to_end(acl_server: RedisServer, 
     thread = threading.Thread(target=worker.run, name="acl-worker", daemon=True)
     thread.start()
     try:
-        _wait_for(worker._idle.is_set, what="the worker to go idle (blocked on {emails}:wake)")
-        time.sleep(0.1)
+        _wait_for(lambda: any(c.get("user") == ACL_USER and c.get("cmd") == "blpop"
+                              for c in acl_admin.client_list()),
+                  what="the idle worker to block on {emails}:wake as the ACL user")
         handle = send.delay("a@b.c")                       # enqueue + wake token
         grouped.map([(1, i) for i in range(3)] + [(2, i) for i in range(3)])   # enqueue_batch
         failing = broken.delay()
@@ -519,3 +520,29 @@ def test_docs_link_security_page() -> None:
     for topic in ("TLS", "ACL", "pickle", "last_error", "protected-mode", "AOF"):
         assert topic in text, topic
     assert re.search(r"rediss://", text)
+
+
+def test_password_in_the_url_is_never_shown(acl_server: RedisServer, acl_admin: redis.Redis,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The ACL user's password stays out of reprs, error messages and log lines."""
+    closed = RedisServer()
+    port = closed.port
+    closed.stop()  # nothing listens there now
+    app = App("secret", redis_url=f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0", queue="emails")
+
+    @app.task
+    def send(to: str) -> None: ...
+
+    shown = [repr(app), repr(app.client)]
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(redis.ConnectionError) as refused:
+            send.delay("a@b.c")
+        shown.append(str(refused.value))
+        good = App("secret", redis_url=acl_url(acl_server), queue="emails")
+        good.task(name="send")(send.fn)
+        assert Worker(good, drain=True).run() == 0
+        good.close()
+    app.close()
+    shown += [record.getMessage() for record in caplog.records]
+    assert f"127.0.0.1:{port}" in shown[2]  # the error does say where
+    assert not [text for text in shown if ACL_PASSWORD in text]
