@@ -1,0 +1,61 @@
+"""Fixtures for the fault suite: a fresh redis-server per test, a ledger file, workers
+that are always SIGKILLed at teardown, and the summary table printed at the end."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from reliability.harness import REPORT_ENV, RedisProc, Result, Workers, report_path
+
+_rows_written: list[bool] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _summary_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # One file per pytest session (in its basetemp) unless OMNIQ_RELIABILITY_REPORT names one:
+    # several sessions may run at once on this machine.
+    os.environ.setdefault(REPORT_ENV, str(tmp_path_factory.getbasetemp() / "reliability-summary.md"))
+    path = report_path()
+    path.write_text(f"<!-- omniq-tasks fault suite, {time.strftime('%Y-%m-%d %H:%M:%S')} -->\n"
+                    + Result.HEADER + "\n")
+    _rows_written.append(True)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    path = report_path()
+    if _rows_written and path.exists():
+        terminalreporter.write_sep("=", f"fault suite summary ({path})")
+        terminalreporter.write_line(path.read_text())
+
+
+@pytest.fixture()
+def ledger(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.txt"
+
+
+@pytest.fixture()
+def workers(tmp_path: Path, ledger: Path) -> Iterator[Workers]:
+    started = Workers(tmp_path, ledger)
+    yield started
+    started.kill_all()
+
+
+@pytest.fixture()
+def redis_proc(tmp_path: Path) -> Iterator[Callable[..., RedisProc]]:
+    """``redis_proc(*args, appendfsync=None)``: a redis-server of this test's own."""
+    servers: list[RedisProc] = []
+
+    def start(*args: str, **kwargs: Any) -> RedisProc:
+        server = RedisProc(tmp_path / f"redis-{len(servers)}", *args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
