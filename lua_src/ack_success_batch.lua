@@ -1,17 +1,23 @@
 -- ack_success_batch (omniq-tasks extension): ack_success for up to 1000 leases.
 -- KEYS[1]  anchor "{Q}:meta"
--- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token
+-- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token,
+--          [replay channel, sequence (see include/replay.lua): the same pair again
+--          gets the first answer]
 -- Reply    {acked count, then position (1-based), reason for each lease NOT acked
 --          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
 --@include base
 --@include lanes
+--@include replay
 local MAX_ACKS = 1000
 local now = now_or_server(ARGV[1])
 local count = to_int(ARGV[2])
 
 if count > MAX_ACKS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_ACKS)} end
 if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
+local chan, seq = ARGV[3 + 2 * count], ARGV[4 + 2 * count]
+local saved = replay_get(chan, seq)
+if saved then return saved end
 
 local out = {0}
 for i = 1, count do
@@ -28,4 +34,5 @@ for i = 1, count do
   end
 end
 if out[1] > 0 then stat_times(now, "last_finish_ms") end
+replay_put(chan, seq, out)
 return out

@@ -3,13 +3,16 @@
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), wake_cap (max length of "{Q}:wake"; 0 = no
 --          token), count, then per job 4 fields: job_id, payload, gid ("" = none),
---          options "max_attempts:timeout_ms:backoff_ms:due_ms:group_limit"
+--          options "max_attempts:timeout_ms:backoff_ms:due_ms:group_limit",
+--          [replay channel, sequence (see include/replay.lua): the same pair again
+--          gets the first answer, so a resent chunk never reports its own jobs EXISTS]
 -- Reply    {queued count, then position (1-based), reason for each job not queued:
 --          "EXISTS" (idempotent: the job hash exists, unchanged) or "BAD_JOB_ID"}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
 --@include base
 --@include lanes
 --@include enqueue
+--@include replay
 local MAX_JOBS = 1000
 local FIELDS = 4
 local now = now_or_server(ARGV[1])
@@ -18,6 +21,9 @@ local count = to_int(ARGV[3])
 
 if count > MAX_JOBS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_JOBS)} end
 if #ARGV < 3 + FIELDS * count then return {"ERR", "BAD_ARGS"} end
+local chan, seq = ARGV[4 + FIELDS * count], ARGV[5 + FIELDS * count]
+local saved = replay_get(chan, seq)
+if saved then return saved end
 
 -- Parse every distinct options string first, so a bad one writes nothing.
 local parsed = {}
@@ -52,4 +58,5 @@ end
 enter_wait_many(later, now)
 if out[1] > 0 then stat_times(now, "last_enqueue_ms") end
 wake_workers(ready, wake_cap)
+replay_put(chan, seq, out)
 return out

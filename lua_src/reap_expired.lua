@@ -6,19 +6,7 @@
 -- Errors   none
 --@include base
 --@include lanes
+--@include reap
 local now = now_or_server(ARGV[1])
 local max_reap = to_int(ARGV[2] or "1000")
-
-local ids = redis.call("ZRANGEBYSCORE", K_ACTIVE, "-inf", now, "LIMIT", 0, max_reap)
-for _, job_id in ipairs(ids) do
-  redis.call("ZREM", K_ACTIVE, job_id)
-  local k_job = job_key(job_id)
-  if redis.call("EXISTS", k_job) == 0 then
-    left_active(job_id, "", now)
-  else
-    left_active(job_id, redis.call("HGET", k_job, "gid"), now)
-    retry_or_fail(job_id, now)
-  end
-end
-if #ids > 0 then stat_times(now) end
-return {"OK", tostring(#ids)}
+return {"OK", tostring(reap(now, max_reap, false))}

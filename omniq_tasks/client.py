@@ -27,7 +27,7 @@ from .models import (
     AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
     ReservedJob, ReserveResult,
 )
-from .scripts import Scripts
+from .scripts import ScriptCall, Scripts
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +126,81 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
-    """The jobs in a reserve_batch reply ([] for EMPTY); see lua_src/reserve_batch.lua."""
+# A job field the worker must turn into a number, sane or not (another client may
+# have written "1e20" or "inf"): whole numbers below 2**53 (exact in Lua and JSON).
+_MAX_FIELD = 2**53
+
+
+def _field_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"job field {name}={text!r} is not a whole number") from None
+    if not 0 <= value < _MAX_FIELD:
+        raise ValueError(f"job field {name}={text!r} is out of range")
+    return value
+
+
+class CorruptLease(msgspec.Struct, frozen=True):
+    """A leased job whose fields cannot be read: fail it (``problem`` says why), never run it."""
+
+    job: ReservedJob
+    problem: str
+
+
+def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[CorruptLease]] | QueuePaused:
+    """The jobs in a reserve_batch reply, and those whose fields are corrupt; see lua_src/reserve_batch.lua."""
     status = _text(reply[0])
     if status == "PAUSED":
         return QueuePaused(queue)
+    jobs: list[ReservedJob] = []
+    corrupt: list[CorruptLease] = []
     if status != "JOBS":
-        return []
-    jobs = []
+        return jobs, corrupt
     for i in range(1, len(reply) - 2, 3):
+        job_id, payload = _text(reply[i]), _text(reply[i + 1])
         lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
-        jobs.append(ReservedJob(queue, _text(reply[i]), _text(reply[i + 1]), int(lock_until), int(attempt),
-                                int(max_attempts), gid, token, int(timeout)))
-    return jobs
+        try:
+            jobs.append(ReservedJob(
+                queue, job_id, payload, _field_int("lock_until_ms", lock_until), _field_int("attempt", attempt),
+                _field_int("max_attempts", max_attempts), gid, token, _field_int("timeout_ms", timeout)))
+        except ValueError as exc:
+            corrupt.append(CorruptLease(ReservedJob(queue, job_id, payload, 0, 0, 1, gid, token, 0), str(exc)))
+    return jobs, corrupt
+
+
+def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
+    """The readable jobs in a reserve_batch reply ([] for EMPTY); corrupt ones are left out."""
+    parsed = parse_leases(queue, reply)
+    return parsed if isinstance(parsed, QueuePaused) else parsed[0]
 
 
 def parse_ack_batch(reply: Any) -> dict[int, str]:
     """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
     return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+
+
+def parse_ack_fail_batch(reply: Any) -> list[AckFailResult | str]:
+    """Per lease of an ack_fail_batch reply: AckFailResult, or the reason it was not acked."""
+    out: list[AckFailResult | str] = []
+    for item in reply:
+        text = _text(item)
+        if text == "F":
+            out.append(AckFailResult("FAILED"))
+        elif text.startswith("R:"):
+            out.append(AckFailResult("RETRY", int(text[2:])))
+        else:
+            out.append(text)
+    return out
+
+
+def parse_heartbeat_batch(reply: Any) -> tuple[int, list[int | str]]:
+    """The server clock and, per lease of a heartbeat_batch reply, its new lock_until_ms or the reason."""
+    locks: list[int | str] = []
+    for item in reply[1:]:
+        text = _text(item)
+        locks.append(int(text) if text.isdigit() else text)
+    return int(reply[0]), locks
 
 
 class JobSpec(msgspec.Struct, frozen=True):
@@ -353,7 +410,13 @@ class OmniqClient:
         if wake_cap:
             args += (_check_int("wake_cap", wake_cap, 0),)
         reply = self._raise_if_err(self._call("enqueue", keys.queue_anchor(queue), *args), queue, spec.job_id)
-        return Published(queue=queue, job_id=_text(reply[1]), existed=len(reply) > 2)
+        existed = len(reply) > 2
+        if existed and self.scripts.take_resent():
+            # The connection dropped and the call went again: if the job found is
+            # this very job, the first send created it.
+            stored = self.redis.hget(keys.job_key(queue, spec.job_id), "payload")
+            existed = stored is None or bytes(stored if isinstance(stored, bytes) else stored.encode()) != spec.payload
+        return Published(queue=queue, job_id=_text(reply[1]), existed=existed)
 
     def enqueue_many(
         self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = DEFAULT_WAKE_CAP, now_ms: int = 0
@@ -381,6 +444,7 @@ class OmniqClient:
                 if packed is None:
                     packed = options[key] = b"%d:%d:%d:%d:%d" % key
                 args += (job.job_id, job.payload, job.gid, packed)
+            args += self.scripts.replay_tag("enqueue_batch")
             reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
             refused = {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
             for position, job in enumerate(chunk):
@@ -411,8 +475,17 @@ class OmniqClient:
     def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
         """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
         reply = self._raise_if_err(self._call(
-            "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1)), queue)
-        return parse_reserved(queue, reply)
+            "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1),
+            *self.scripts.replay_tag("reserve_batch")), queue)
+        parsed = parse_leases(queue, reply)
+        if isinstance(parsed, QueuePaused):
+            return parsed
+        jobs, corrupt = parsed
+        for bad in corrupt:  # nobody could ever run it: fail it now rather than leave it leased
+            log.error("job=%s queue=%s cannot be run: %s", bad.job.job_id, queue, bad.problem)
+            self.ack_fail(queue, bad.job.job_id, bad.job.lease_token,
+                          error=f"corrupt job: {bad.problem}", final=True, now_ms=now_ms)
+        return jobs
 
     def ack_success_batch(
         self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
@@ -425,6 +498,7 @@ class OmniqClient:
             args: list[Any] = [now_ms, len(chunk)]
             for job_id, token in chunk:
                 args += (job_id, token)
+            args += self.scripts.replay_tag("ack_success_batch")
             refused = parse_ack_batch(self._raise_if_err(self._call("ack_success_batch", anchor, *args), queue))
             items += [BatchItem(job_id, n not in refused, refused.get(n)) for n, (job_id, _) in enumerate(chunk)]
         return items
@@ -478,6 +552,43 @@ class OmniqClient:
             "reap_expired", keys.queue_anchor(queue), now_ms,
             _check_int("max_reap", max_reap, 1)), queue)
         return int(reply[1])
+
+    # -- calls for batching (the worker sends several in one round trip) ------------
+
+    def reserve_batch_call(self, queue: str, max_jobs: int) -> ScriptCall:
+        """reserve_batch for up to ``max_jobs`` (1..1000), safe to send again (replay tag)."""
+        return ("reserve_batch", keys.queue_anchor(queue),
+                (0, max_jobs, *self.scripts.replay_tag("reserve_batch")))
+
+    def ack_success_batch_call(self, queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
+        """ack_success_batch for up to 1000 (job_id, lease_token) pairs, safe to send again."""
+        args: list[Any] = [0, len(leases)]
+        for job_id, token in leases:
+            args += (job_id, token)
+        args += self.scripts.replay_tag("ack_success_batch")
+        return ("ack_success_batch", keys.queue_anchor(queue), args)
+
+    def ack_fail_batch_call(self, queue: str, failures: Sequence[tuple[str, str, str, bool]]) -> ScriptCall:
+        """ack_fail_batch for up to 1000 (job_id, lease_token, error, final), safe to send again."""
+        args: list[Any] = [0, len(failures)]
+        for job_id, token, error, final in failures:
+            args += (job_id, token, error, "final" if final else "")
+        args += self.scripts.replay_tag("ack_fail_batch")
+        return ("ack_fail_batch", keys.queue_anchor(queue), args)
+
+    @staticmethod
+    def heartbeat_batch_call(queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
+        """heartbeat_batch for up to 1000 (job_id, lease_token) pairs: each lock becomes now + timeout_ms."""
+        args: list[Any] = [0, len(leases)]
+        for job_id, token in leases:
+            args += (job_id, token)
+        return ("heartbeat_batch", keys.queue_anchor(queue), args)
+
+    @staticmethod
+    def maintenance_calls(queue: str, limit: int = 1000) -> list[ScriptCall]:
+        """promote_delayed, then reap_leases (reap_expired noting why in last_error)."""
+        anchor = keys.queue_anchor(queue)
+        return [("promote_delayed", anchor, (0, limit)), ("reap_leases", anchor, (0, limit))]
 
     def pause(self, queue: str) -> None:
         """Stop new reserves on the queue; running jobs are untouched."""

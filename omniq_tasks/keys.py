@@ -20,6 +20,9 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {Q}:job:<id>              HASH  the job
     {Q}:stats                 HASH  counters and times
     {Q}:idx:<lane>            ZSET  mirror of each lane, score = entered at
+    {Q}:wake                  LIST  wake-up tokens our publishers push (extension)
+    {Q}:rq:<channel>          replay memory of a caller's last call (extension, TTL)
+    {Q}:oom-guard             never exists: heartbeat_batch's first write (extension)
     {cc:<key>}:meta           anchor of a fan-in counter
     {cc:<key>}:count          remaining children
     {cc:<key>}:done           SET   acked child ids
@@ -98,6 +101,11 @@ def job_key(queue: str, job_id: str) -> str:
 
 def idx_key(queue: str, lane: str) -> str:
     return f"{queue_base(queue)}:idx:{lane}"
+
+
+def wake_key(queue: str) -> str:
+    """``{Q}:wake``: the list idle omniq-tasks workers block on (BLPOP)."""
+    return queue_base(queue) + ":wake"
 
 
 def stats_key(queue: str) -> str:

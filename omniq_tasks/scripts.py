@@ -1,16 +1,21 @@
 """The Lua scripts shipped in ``omniq_tasks/lua/``, and how calls to them reach Redis.
 
 Scripts run by EVALSHA; a NOSCRIPT answer (after ``SCRIPT FLUSH`` or a server
-restart) loads the source again and repeats the call, so a running client keeps
-working. On a plain ``redis.Redis`` each thread keeps one connection of the pool
+restart) loads the source again and repeats the call, as often as a flush strikes
+between the load and the call, so a running client keeps working. On a plain ``redis.Redis`` each thread keeps one connection of the pool
 for its script calls: redis-py's per-command bookkeeping (pool checkout, retry
 wrapper, hooks) costs about 20 µs a call, as much as the script itself. Any
 connection error drops that connection and the call is made again the ordinary
 way, with redis-py's own retries. A Redis Cluster always goes the ordinary way.
+
+A call may therefore reach Redis twice. The scripts a worker or a bulk publisher
+calls take a replay channel and sequence number (:meth:`Scripts.replay_tag`) and
+answer a repeat with their first answer; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from functools import cache
@@ -27,10 +32,15 @@ PROTOCOL_SCRIPTS = (
     "remove_job", "remove_jobs_batch", "childs_init", "child_ack",
 )
 # omniq-tasks extensions: new file names, never called by the official SDKs.
-EXTENSION_SCRIPTS = ("enqueue_batch", "reserve_batch", "ack_success_batch")
+EXTENSION_SCRIPTS = (
+    "enqueue_batch", "reserve_batch", "ack_success_batch", "ack_fail_batch", "heartbeat_batch",
+    "reap_leases",
+)
 ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 
 ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor (KEYS[1]), ARGV
+# NOSCRIPT answers in a row before a call gives up (each one loads the script again).
+NOSCRIPT_TRIES = 100
 
 
 def pack_evalsha(sha: bytes, anchor: str, args: Sequence[Any]) -> bytes:
@@ -82,28 +92,65 @@ class Scripts:
         # Only a plain redis.Redis (not a cluster, not a subclass with its own routing).
         self._direct = type(client) is redis.Redis
         self._local = threading.local()
+        self._threads = itertools.count()
+
+    def replay_tag(self, name: str) -> tuple[str, str]:
+        """A replay channel and a fresh sequence number for one call of script ``name``.
+
+        The channel is this process's and thread's own, so each has at most one call
+        in flight on it; resending the same ARGV (same tag) gets the first answer.
+        """
+        local = self._local
+        if getattr(local, "tag_pid", None) != os.getpid():  # a forked child is a new caller
+            local.tag_pid = os.getpid()
+            local.tag_prefix = f"{os.urandom(6).hex()}.{next(self._threads)}."
+            local.tag_seq = itertools.count(1)
+        return local.tag_prefix + name, str(next(local.tag_seq))
+
+    def take_resent(self) -> bool:
+        """True when this thread's last call was sent more than once (a connection dropped)."""
+        resent = getattr(self._local, "resent", False)
+        self._local.resent = False
+        return resent
 
     def __getitem__(self, name: str) -> Any:
         return self._scripts[name]
 
     def call(self, name: str, anchor: str, args: Sequence[Any]) -> Any:
         """EVALSHA one script with KEYS = [anchor]; returns its reply."""
-        script = self._scripts[name]
         conn = self._connection()
+        self._local.resent = False
         if conn is not None:
             try:
                 conn.send_packed_command([pack_evalsha(self._shas[name], anchor, args)], check_health=False)
                 return conn.read_response()
             except NoScriptError:
-                pass  # loaded and repeated below
+                return self._call_loading(name, anchor, args, load_first=True)
             except redis.ResponseError:
                 raise  # a whole error reply: the connection is in step
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._drop_connection()
+                self._local.resent = True  # Redis may have run it: what follows is a resend
             except BaseException:  # interrupted mid-reply: the connection is out of step
                 self._drop_connection()
                 raise
-        return script(keys=[anchor], args=args)
+        return self._call_loading(name, anchor, args)
+
+    def _call_loading(self, name: str, anchor: str, args: Sequence[Any], load_first: bool = False) -> Any:
+        """EVALSHA the ordinary way (redis-py's routing and retries), loading the script on NOSCRIPT.
+
+        ``SCRIPT FLUSH`` can strike between the load and the call, so this loads and
+        tries again until the call runs or a real error comes.
+        """
+        sha = self._scripts[name].sha
+        for _ in range(NOSCRIPT_TRIES):
+            if load_first:
+                self._client.script_load(script_source(name))
+            try:
+                return self._client.evalsha(sha, 1, anchor, *args)
+            except NoScriptError:
+                load_first = True
+        raise NoScriptError(f"script {name} was flushed {NOSCRIPT_TRIES} times in a row as it was loaded")
 
     def call_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run the calls in order in one round trip; each reply, or the exception it raised.
@@ -122,7 +169,10 @@ class Scripts:
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 name, anchor, args = calls[i]
-                replies[i] = self._scripts[name](keys=[anchor], args=args)  # loads, then EVALSHA
+                try:
+                    replies[i] = self._call_loading(name, anchor, args, load_first=True)
+                except redis.ResponseError as exc:
+                    replies[i] = exc
         return replies
 
     def _send_all(self, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -141,6 +191,7 @@ class Scripts:
                 return replies
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._drop_connection()
+                self._local.resent = True
             except BaseException:  # interrupted mid-reply: the connection is out of step
                 self._drop_connection()
                 raise

@@ -1,6 +1,8 @@
 -- ack_success_batch (omniq-tasks extension): ack_success for up to 1000 leases.
 -- KEYS[1]  anchor "{Q}:meta"
--- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token
+-- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token,
+--          [replay channel, sequence (see include/replay.lua): the same pair again
+--          gets the first answer]
 -- Reply    {acked count, then position (1-based), reason for each lease NOT acked
 --          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
@@ -163,6 +165,31 @@ local function check_lease(job_id, token, take)
   end
   return nil, f[2] or ""
 end
+-- replay: the same answer for a call sent twice. A caller that may send a call
+-- again (its connection dropped after Redis ran it but before the reply came)
+-- passes a channel and a sequence number; the script keeps its last answer per
+-- channel in "{Q}:rq:<channel>" for REPLAY_TTL_MS, and the same channel and number
+-- again get that answer instead of a second run. A caller has at most one call
+-- in flight per channel, so one key per channel is enough.
+local REPLAY_TTL_MS = 600000
+
+local function replay_key(chan) return base .. ":rq:" .. chan end
+
+-- The saved answer when (chan, seq) was already run, else nil.
+local function replay_get(chan, seq)
+  if not chan or chan == "" then return nil end
+  local saved = redis.call("GET", replay_key(chan))
+  if not saved then return nil end
+  local entry = cmsgpack.unpack(saved)
+  if entry[1] ~= seq then return nil end
+  return entry[2]
+end
+
+local function replay_put(chan, seq, answer)
+  if chan and chan ~= "" then
+    redis.call("SET", replay_key(chan), cmsgpack.pack({seq, answer}), "PX", REPLAY_TTL_MS)
+  end
+end
 
 local MAX_ACKS = 1000
 local now = now_or_server(ARGV[1])
@@ -170,6 +197,9 @@ local count = to_int(ARGV[2])
 
 if count > MAX_ACKS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_ACKS)} end
 if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
+local chan, seq = ARGV[3 + 2 * count], ARGV[4 + 2 * count]
+local saved = replay_get(chan, seq)
+if saved then return saved end
 
 local out = {0}
 for i = 1, count do
@@ -186,4 +216,5 @@ for i = 1, count do
   end
 end
 if out[1] > 0 then stat_times(now, "last_finish_ms") end
+replay_put(chan, seq, out)
 return out

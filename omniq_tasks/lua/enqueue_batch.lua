@@ -3,7 +3,9 @@
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), wake_cap (max length of "{Q}:wake"; 0 = no
 --          token), count, then per job 4 fields: job_id, payload, gid ("" = none),
---          options "max_attempts:timeout_ms:backoff_ms:due_ms:group_limit"
+--          options "max_attempts:timeout_ms:backoff_ms:due_ms:group_limit",
+--          [replay channel, sequence (see include/replay.lua): the same pair again
+--          gets the first answer, so a resent chunk never reports its own jobs EXISTS]
 -- Reply    {queued count, then position (1-based), reason for each job not queued:
 --          "EXISTS" (idempotent: the job hash exists, unchanged) or "BAD_JOB_ID"}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
@@ -211,6 +213,31 @@ local function wake_workers(ready, wake_cap)
   local room = wake_cap - redis.call("LLEN", k_wake)
   for _ = 1, math.min(room, ready) do redis.call("RPUSH", k_wake, "1") end
 end
+-- replay: the same answer for a call sent twice. A caller that may send a call
+-- again (its connection dropped after Redis ran it but before the reply came)
+-- passes a channel and a sequence number; the script keeps its last answer per
+-- channel in "{Q}:rq:<channel>" for REPLAY_TTL_MS, and the same channel and number
+-- again get that answer instead of a second run. A caller has at most one call
+-- in flight per channel, so one key per channel is enough.
+local REPLAY_TTL_MS = 600000
+
+local function replay_key(chan) return base .. ":rq:" .. chan end
+
+-- The saved answer when (chan, seq) was already run, else nil.
+local function replay_get(chan, seq)
+  if not chan or chan == "" then return nil end
+  local saved = redis.call("GET", replay_key(chan))
+  if not saved then return nil end
+  local entry = cmsgpack.unpack(saved)
+  if entry[1] ~= seq then return nil end
+  return entry[2]
+end
+
+local function replay_put(chan, seq, answer)
+  if chan and chan ~= "" then
+    redis.call("SET", replay_key(chan), cmsgpack.pack({seq, answer}), "PX", REPLAY_TTL_MS)
+  end
+end
 
 local MAX_JOBS = 1000
 local FIELDS = 4
@@ -220,6 +247,9 @@ local count = to_int(ARGV[3])
 
 if count > MAX_JOBS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_JOBS)} end
 if #ARGV < 3 + FIELDS * count then return {"ERR", "BAD_ARGS"} end
+local chan, seq = ARGV[4 + FIELDS * count], ARGV[5 + FIELDS * count]
+local saved = replay_get(chan, seq)
+if saved then return saved end
 
 -- Parse every distinct options string first, so a bad one writes nothing.
 local parsed = {}
@@ -254,4 +284,5 @@ end
 enter_wait_many(later, now)
 if out[1] > 0 then stat_times(now, "last_enqueue_ms") end
 wake_workers(ready, wake_cap)
+replay_put(chan, seq, out)
 return out

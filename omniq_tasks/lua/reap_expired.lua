@@ -143,6 +143,35 @@ end
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.
 local token_salt = nil
 
+local function lease(job_id, now)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
+    "gid", "first_started_ms")
+  local timeout = to_int(f[4])
+  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
+  local attempt = to_int(f[2]) + 1
+  local lock_until = now + timeout
+  if not token_salt then
+    local t = redis.call("TIME")
+    token_salt = t[1] .. "." .. t[2]
+  end
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
+  else
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  end
+  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
+  redis.call("ZREM", idx_key("wait"), job_id)
+  redis.call("ZADD", idx_key("active"), now, job_id)
+  stat_add("active", 1)
+  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
+end
+
 -- Called after the id was removed from K_ACTIVE: frees the group slot.
 local function left_active(job_id, gid, now)
   redis.call("ZREM", idx_key("active"), job_id)
@@ -172,19 +201,36 @@ local function retry_or_fail(job_id, now, final)
   return due
 end
 
+-- reap: end leases whose lock passed; the job retries after its backoff or fails
+-- when its attempts are used up. An active id without a job hash is dropped.
+-- With note = true the job's last_error says its lease expired (reap_leases).
+local function note_expired(k_job, f, now)
+  redis.call("HSET", k_job, "last_error", "lease expired (lock_until_ms " .. (f[4] or "?") ..
+    ", reaped at " .. now .. ") on attempt " .. (f[2] or "?") .. " of " .. (f[3] or "?") ..
+    ": the worker running it died, hung or lost Redis before acking it", "last_error_ms", now)
+end
+
+local function reap(now, max_reap, note)
+  local ids = redis.call("ZRANGEBYSCORE", K_ACTIVE, "-inf", now, "LIMIT", 0, max_reap)
+  for _, job_id in ipairs(ids) do
+    redis.call("ZREM", K_ACTIVE, job_id)
+    local k_job = job_key(job_id)
+    if redis.call("EXISTS", k_job) == 0 then
+      left_active(job_id, "", now)
+    elseif note then
+      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
+      note_expired(k_job, f, now)
+      left_active(job_id, f[1], now)
+      retry_or_fail(job_id, now)
+    else
+      left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+      retry_or_fail(job_id, now)
+    end
+  end
+  if #ids > 0 then stat_times(now) end
+  return #ids
+end
+
 local now = now_or_server(ARGV[1])
 local max_reap = to_int(ARGV[2] or "1000")
-
-local ids = redis.call("ZRANGEBYSCORE", K_ACTIVE, "-inf", now, "LIMIT", 0, max_reap)
-for _, job_id in ipairs(ids) do
-  redis.call("ZREM", K_ACTIVE, job_id)
-  local k_job = job_key(job_id)
-  if redis.call("EXISTS", k_job) == 0 then
-    left_active(job_id, "", now)
-  else
-    left_active(job_id, redis.call("HGET", k_job, "gid"), now)
-    retry_or_fail(job_id, now)
-  end
-end
-if #ids > 0 then stat_times(now) end
-return {"OK", tostring(#ids)}
+return {"OK", tostring(reap(now, max_reap, false))}

@@ -1,0 +1,254 @@
+-- ack_fail_batch (omniq-tasks extension): ack_fail for up to 1000 leases of one queue.
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     now_ms ("0" = server clock), count, then per lease 4 fields: job_id,
+--          lease_token, error text (at most 4096 bytes kept as last_error; "" keeps
+--          the old one), mode ("" = retry after backoff_ms or fail when the attempts
+--          are used up, as ack_fail; "final" = fail now), then [replay channel,
+--          sequence (see include/replay.lua): the same pair again gets the first answer]
+-- Reply    {per lease, in order: "R:<due_ms>" (retry due then), "F" (failed for
+--          good), or the reason it was not acked (TOKEN_REQUIRED, TOKEN_MISMATCH,
+--          NOT_ACTIVE, BAD_JOB_ID)}
+-- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
+-- Generated from lua_src/ack_fail_batch.lua by tools/build_lua.py: edit the source, not this file.
+
+-- base: reading numbers, the clock and the queue base from the anchor.
+local function to_int(v)
+  if not v or v == "" then return 0 end
+  local n = tonumber(v)
+  if not n then return 0 end
+  return math.floor(n)
+end
+
+-- The Redis server clock in ms. Used when a caller sends now_ms "0" or nothing,
+-- so that workers on machines with skewed clocks agree on leases.
+local function server_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function now_or_server(v)
+  local n = to_int(v)
+  if n > 0 then return n end
+  return server_ms()
+end
+
+-- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
+local base = KEYS[1]
+if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
+-- lanes: every move of a job between lanes, each updating the lane, the idx:*
+-- mirror and the stats counters together so they never disagree.
+local K_WAIT = base .. ":wait"
+local K_ACTIVE = base .. ":active"
+local K_DELAYED = base .. ":delayed"
+local K_FAILED = base .. ":failed"
+local K_COMPLETED = base .. ":completed"
+local K_GROUPS_READY = base .. ":groups:ready"
+local K_STATS = base .. ":stats"
+local KEEP_COMPLETED = 100
+local DEFAULT_TIMEOUT_MS = 60000
+
+local function job_key(job_id) return base .. ":job:" .. job_id end
+local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
+local function idx_key(lane) return base .. ":idx:" .. lane end
+
+-- Counter changes are summed in the script and written once at the end by
+-- flush_stats (or stat_times): a batch touches the stats hash once, not per job.
+-- A decrement never leaves a counter below 0.
+local pending_stats = {}
+local completed_len = nil
+
+local function stat_add(field, delta)
+  pending_stats[field] = (pending_stats[field] or 0) + delta
+end
+
+local function flush_stats()
+  for field, delta in pairs(pending_stats) do
+    if delta ~= 0 and redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+      redis.call("HSET", K_STATS, field, "0")
+    end
+  end
+  pending_stats = {}
+  if completed_len then
+    -- Completed keeps the newest KEEP_COMPLETED ids; trimmed ids lose their hash too.
+    if completed_len > KEEP_COMPLETED then
+      local old = redis.call("LRANGE", K_COMPLETED, KEEP_COMPLETED, -1)
+      redis.call("LTRIM", K_COMPLETED, 0, KEEP_COMPLETED - 1)
+      for i = 1, #old, 500 do
+        local ids, hashes = {}, {}
+        for j = i, math.min(i + 499, #old) do
+          ids[#ids + 1] = old[j]
+          hashes[#hashes + 1] = job_key(old[j])
+        end
+        redis.call("ZREM", idx_key("completed"), unpack(ids))
+        redis.call("DEL", unpack(hashes))
+      end
+      completed_len = KEEP_COMPLETED
+    end
+    redis.call("HSET", K_STATS, "completed_kept", completed_len)
+    completed_len = nil
+  end
+end
+
+-- Flush the counters and stamp last_activity_ms (and the named time field).
+local function stat_times(now, field)
+  flush_stats()
+  if field then
+    redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
+  else
+    redis.call("HSET", K_STATS, "last_activity_ms", now)
+  end
+end
+
+local function group_limit(gid)
+  local limit = to_int(redis.call("GET", group_key(gid, "limit")))
+  if limit <= 0 then return 1 end
+  return limit
+end
+
+local function group_inflight(gid)
+  return to_int(redis.call("GET", group_key(gid, "inflight")))
+end
+
+-- Ready-making always uses ZADD NX: a group already ready keeps its place.
+local function group_ready_if_room(gid, now)
+  if group_inflight(gid) < group_limit(gid)
+      and redis.call("LLEN", group_key(gid, "wait")) > 0 then
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now, gid) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+end
+
+-- enter_delayed, enter_failed and enter_completed take the job from a lease when
+-- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
+local function hset_state(job_id, from_lease, ...)
+  if from_lease then
+    redis.call("HSET", job_key(job_id), "lease_token", "", "lock_until_ms", "", ...)
+  else
+    redis.call("HSET", job_key(job_id), ...)
+  end
+end
+
+local function enter_delayed(job_id, due, now, from_lease)
+  hset_state(job_id, from_lease, "state", "delayed", "due_ms", due, "updated_ms", now)
+  redis.call("ZADD", K_DELAYED, due, job_id)
+  redis.call("ZADD", idx_key("delayed"), now, job_id)
+  stat_add("delayed", 1)
+end
+
+local function enter_failed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "failed", "failed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_FAILED, job_id)
+  redis.call("ZADD", idx_key("failed"), now, job_id)
+  stat_add("failed", 1)
+end
+
+-- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
+-- (the digest mixes the server clock's microseconds, read once per script, with
+-- a per-queue sequence). Returns the reserve reply and the lease length in ms.
+local token_salt = nil
+
+-- Called after the id was removed from K_ACTIVE: frees the group slot.
+local function left_active(job_id, gid, now)
+  redis.call("ZREM", idx_key("active"), job_id)
+  stat_add("active", -1)
+  if gid and gid ~= "" then
+    local k_inflight = group_key(gid, "inflight")
+    if redis.call("DECR", k_inflight) <= 0 then
+      redis.call("DEL", k_inflight)
+    end
+    group_ready_if_room(gid, now)
+  end
+end
+
+-- A lease that ended without success (ack_fail, reap): retry after the backoff,
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
+  local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
+  local max_attempts = to_int(f[2])
+  if max_attempts <= 0 then max_attempts = 1 end
+  if final or to_int(f[1]) >= max_attempts then
+    enter_failed(job_id, now, true)
+    return nil
+  end
+  local due = now + to_int(f[3])
+  enter_delayed(job_id, due, now, true)
+  return due
+end
+
+-- Heartbeat and both acks check the token first, then that the job is active.
+-- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
+-- the id also leaves K_ACTIVE: ZREM answers whether it was there.
+local function check_lease(job_id, token, take)
+  if not token or token == "" then return "TOKEN_REQUIRED" end
+  local f = redis.call("HMGET", job_key(job_id), "lease_token", "gid")
+  if f[1] ~= token then return "TOKEN_MISMATCH" end
+  if take then
+    if redis.call("ZREM", K_ACTIVE, job_id) == 0 then return "NOT_ACTIVE" end
+  elseif not redis.call("ZSCORE", K_ACTIVE, job_id) then
+    return "NOT_ACTIVE"
+  end
+  return nil, f[2] or ""
+end
+-- replay: the same answer for a call sent twice. A caller that may send a call
+-- again (its connection dropped after Redis ran it but before the reply came)
+-- passes a channel and a sequence number; the script keeps its last answer per
+-- channel in "{Q}:rq:<channel>" for REPLAY_TTL_MS, and the same channel and number
+-- again get that answer instead of a second run. A caller has at most one call
+-- in flight per channel, so one key per channel is enough.
+local REPLAY_TTL_MS = 600000
+
+local function replay_key(chan) return base .. ":rq:" .. chan end
+
+-- The saved answer when (chan, seq) was already run, else nil.
+local function replay_get(chan, seq)
+  if not chan or chan == "" then return nil end
+  local saved = redis.call("GET", replay_key(chan))
+  if not saved then return nil end
+  local entry = cmsgpack.unpack(saved)
+  if entry[1] ~= seq then return nil end
+  return entry[2]
+end
+
+local function replay_put(chan, seq, answer)
+  if chan and chan ~= "" then
+    redis.call("SET", replay_key(chan), cmsgpack.pack({seq, answer}), "PX", REPLAY_TTL_MS)
+  end
+end
+
+local MAX_ACKS = 1000
+local MAX_ERROR_BYTES = 4096
+local FIELDS = 4
+local now = now_or_server(ARGV[1])
+local count = to_int(ARGV[2])
+
+if count > MAX_ACKS then return {"ERR", "BATCH_TOO_LARGE", tostring(MAX_ACKS)} end
+if #ARGV < 2 + FIELDS * count then return {"ERR", "BAD_ARGS"} end
+local chan, seq = ARGV[3 + FIELDS * count], ARGV[4 + FIELDS * count]
+local saved = replay_get(chan, seq)
+if saved then return saved end
+
+local out = {}
+local finished = false
+for i = 0, count - 1 do
+  local a = 2 + FIELDS * i
+  local job_id, error_text = ARGV[a + 1], ARGV[a + 3]
+  local err, gid
+  if job_id == "" then err = "BAD_JOB_ID" else err, gid = check_lease(job_id, ARGV[a + 2], true) end
+  if err then
+    out[#out + 1] = err
+  else
+    if error_text ~= "" then
+      redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+        "last_error_ms", now)
+    end
+    left_active(job_id, gid, now)
+    local due = retry_or_fail(job_id, now, ARGV[a + 4] == "final")
+    out[#out + 1] = due and ("R:" .. due) or "F"
+    finished = true
+  end
+end
+if finished then stat_times(now, "last_finish_ms") end
+replay_put(chan, seq, out)
+return out

@@ -1,0 +1,237 @@
+-- reap_leases (omniq-tasks extension): reap_expired that also says why in each job's
+-- last_error ("lease expired ... on attempt N of M"), so a job whose worker died
+-- every time does not end failed with an empty last_error.
+-- KEYS[1]  anchor "{Q}:meta"
+-- ARGV     now_ms ("0" = server clock), max_reap (default 1000)
+-- Reply    {"OK", count}
+-- Errors   none
+-- Generated from lua_src/reap_leases.lua by tools/build_lua.py: edit the source, not this file.
+
+-- base: reading numbers, the clock and the queue base from the anchor.
+local function to_int(v)
+  if not v or v == "" then return 0 end
+  local n = tonumber(v)
+  if not n then return 0 end
+  return math.floor(n)
+end
+
+-- The Redis server clock in ms. Used when a caller sends now_ms "0" or nothing,
+-- so that workers on machines with skewed clocks agree on leases.
+local function server_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function now_or_server(v)
+  local n = to_int(v)
+  if n > 0 then return n end
+  return server_ms()
+end
+
+-- Every script gets the anchor "<base>:meta" as KEYS[1] and derives the base.
+local base = KEYS[1]
+if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
+-- lanes: every move of a job between lanes, each updating the lane, the idx:*
+-- mirror and the stats counters together so they never disagree.
+local K_WAIT = base .. ":wait"
+local K_ACTIVE = base .. ":active"
+local K_DELAYED = base .. ":delayed"
+local K_FAILED = base .. ":failed"
+local K_COMPLETED = base .. ":completed"
+local K_GROUPS_READY = base .. ":groups:ready"
+local K_STATS = base .. ":stats"
+local KEEP_COMPLETED = 100
+local DEFAULT_TIMEOUT_MS = 60000
+
+local function job_key(job_id) return base .. ":job:" .. job_id end
+local function group_key(gid, suffix) return base .. ":g:" .. gid .. ":" .. suffix end
+local function idx_key(lane) return base .. ":idx:" .. lane end
+
+-- Counter changes are summed in the script and written once at the end by
+-- flush_stats (or stat_times): a batch touches the stats hash once, not per job.
+-- A decrement never leaves a counter below 0.
+local pending_stats = {}
+local completed_len = nil
+
+local function stat_add(field, delta)
+  pending_stats[field] = (pending_stats[field] or 0) + delta
+end
+
+local function flush_stats()
+  for field, delta in pairs(pending_stats) do
+    if delta ~= 0 and redis.call("HINCRBY", K_STATS, field, delta) < 0 then
+      redis.call("HSET", K_STATS, field, "0")
+    end
+  end
+  pending_stats = {}
+  if completed_len then
+    -- Completed keeps the newest KEEP_COMPLETED ids; trimmed ids lose their hash too.
+    if completed_len > KEEP_COMPLETED then
+      local old = redis.call("LRANGE", K_COMPLETED, KEEP_COMPLETED, -1)
+      redis.call("LTRIM", K_COMPLETED, 0, KEEP_COMPLETED - 1)
+      for i = 1, #old, 500 do
+        local ids, hashes = {}, {}
+        for j = i, math.min(i + 499, #old) do
+          ids[#ids + 1] = old[j]
+          hashes[#hashes + 1] = job_key(old[j])
+        end
+        redis.call("ZREM", idx_key("completed"), unpack(ids))
+        redis.call("DEL", unpack(hashes))
+      end
+      completed_len = KEEP_COMPLETED
+    end
+    redis.call("HSET", K_STATS, "completed_kept", completed_len)
+    completed_len = nil
+  end
+end
+
+-- Flush the counters and stamp last_activity_ms (and the named time field).
+local function stat_times(now, field)
+  flush_stats()
+  if field then
+    redis.call("HSET", K_STATS, "last_activity_ms", now, field, now)
+  else
+    redis.call("HSET", K_STATS, "last_activity_ms", now)
+  end
+end
+
+local function group_limit(gid)
+  local limit = to_int(redis.call("GET", group_key(gid, "limit")))
+  if limit <= 0 then return 1 end
+  return limit
+end
+
+local function group_inflight(gid)
+  return to_int(redis.call("GET", group_key(gid, "inflight")))
+end
+
+-- Ready-making always uses ZADD NX: a group already ready keeps its place.
+local function group_ready_if_room(gid, now)
+  if group_inflight(gid) < group_limit(gid)
+      and redis.call("LLEN", group_key(gid, "wait")) > 0 then
+    if redis.call("ZADD", K_GROUPS_READY, "NX", now, gid) == 1 then
+      stat_add("groups_ready", 1)
+    end
+  end
+end
+
+-- enter_delayed, enter_failed and enter_completed take the job from a lease when
+-- from_lease is true: its lease_token and lock_until_ms are cleared in the same write.
+local function hset_state(job_id, from_lease, ...)
+  if from_lease then
+    redis.call("HSET", job_key(job_id), "lease_token", "", "lock_until_ms", "", ...)
+  else
+    redis.call("HSET", job_key(job_id), ...)
+  end
+end
+
+local function enter_delayed(job_id, due, now, from_lease)
+  hset_state(job_id, from_lease, "state", "delayed", "due_ms", due, "updated_ms", now)
+  redis.call("ZADD", K_DELAYED, due, job_id)
+  redis.call("ZADD", idx_key("delayed"), now, job_id)
+  stat_add("delayed", 1)
+end
+
+local function enter_failed(job_id, now, from_lease)
+  hset_state(job_id, from_lease, "state", "failed", "failed_ms", now, "updated_ms", now)
+  redis.call("LPUSH", K_FAILED, job_id)
+  redis.call("ZADD", idx_key("failed"), now, job_id)
+  stat_add("failed", 1)
+end
+
+-- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
+-- (the digest mixes the server clock's microseconds, read once per script, with
+-- a per-queue sequence). Returns the reserve reply and the lease length in ms.
+local token_salt = nil
+
+local function lease(job_id, now)
+  local k_job = job_key(job_id)
+  local f = redis.call("HMGET", k_job, "payload", "attempt", "max_attempts", "timeout_ms",
+    "gid", "first_started_ms")
+  local timeout = to_int(f[4])
+  if timeout <= 0 then timeout = DEFAULT_TIMEOUT_MS end
+  local attempt = to_int(f[2]) + 1
+  local lock_until = now + timeout
+  if not token_salt then
+    local t = redis.call("TIME")
+    token_salt = t[1] .. "." .. t[2]
+  end
+  local seq = redis.call("INCR", base .. ":lease:seq")
+  local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
+  if not f[6] or f[6] == "" then
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now, "first_started_ms", now)
+  else
+    redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
+      "lease_token", token, "last_started_ms", now, "updated_ms", now)
+  end
+  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
+  redis.call("ZREM", idx_key("wait"), job_id)
+  redis.call("ZADD", idx_key("active"), now, job_id)
+  stat_add("active", 1)
+  return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
+    tostring(to_int(f[3])), f[5] or "", token}, timeout
+end
+
+-- Called after the id was removed from K_ACTIVE: frees the group slot.
+local function left_active(job_id, gid, now)
+  redis.call("ZREM", idx_key("active"), job_id)
+  stat_add("active", -1)
+  if gid and gid ~= "" then
+    local k_inflight = group_key(gid, "inflight")
+    if redis.call("DECR", k_inflight) <= 0 then
+      redis.call("DEL", k_inflight)
+    end
+    group_ready_if_room(gid, now)
+  end
+end
+
+-- A lease that ended without success (ack_fail, reap): retry after the backoff,
+-- or fail once the attempts are used up (or at once when final). Returns the due
+-- ms, or nil when failed.
+local function retry_or_fail(job_id, now, final)
+  local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
+  local max_attempts = to_int(f[2])
+  if max_attempts <= 0 then max_attempts = 1 end
+  if final or to_int(f[1]) >= max_attempts then
+    enter_failed(job_id, now, true)
+    return nil
+  end
+  local due = now + to_int(f[3])
+  enter_delayed(job_id, due, now, true)
+  return due
+end
+
+-- reap: end leases whose lock passed; the job retries after its backoff or fails
+-- when its attempts are used up. An active id without a job hash is dropped.
+-- With note = true the job's last_error says its lease expired (reap_leases).
+local function note_expired(k_job, f, now)
+  redis.call("HSET", k_job, "last_error", "lease expired (lock_until_ms " .. (f[4] or "?") ..
+    ", reaped at " .. now .. ") on attempt " .. (f[2] or "?") .. " of " .. (f[3] or "?") ..
+    ": the worker running it died, hung or lost Redis before acking it", "last_error_ms", now)
+end
+
+local function reap(now, max_reap, note)
+  local ids = redis.call("ZRANGEBYSCORE", K_ACTIVE, "-inf", now, "LIMIT", 0, max_reap)
+  for _, job_id in ipairs(ids) do
+    redis.call("ZREM", K_ACTIVE, job_id)
+    local k_job = job_key(job_id)
+    if redis.call("EXISTS", k_job) == 0 then
+      left_active(job_id, "", now)
+    elseif note then
+      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
+      note_expired(k_job, f, now)
+      left_active(job_id, f[1], now)
+      retry_or_fail(job_id, now)
+    else
+      left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+      retry_or_fail(job_id, now)
+    end
+  end
+  if #ids > 0 then stat_times(now) end
+  return #ids
+end
+
+local now = now_or_server(ARGV[1])
+local max_reap = to_int(ARGV[2] or "1000")
+return {"OK", tostring(reap(now, max_reap, true))}
