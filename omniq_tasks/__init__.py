@@ -6,10 +6,11 @@ from .client import OmniqClient, connect
 from .ids import new_job_id
 from .context import JobContext
 from .errors import (
-    AlreadyInitializedError, BadArgsError, BadExpectedError, BadJobIdError, BadLaneError,
+    AlreadyInitializedError, BackendError, BadArgsError, BadExpectedError, BadJobIdError, BadLaneError,
     BatchTooLargeError, ChildRequiredError, InvalidNameError, JobActiveError, LaneMismatchError,
     LeaseLostError, NoCounterError, NoExpectedError, NoJobError, NotActiveError, NotFailedError,
-    NotInLaneError, OmniqError, PayloadError, PayloadTooLargeError, ProtocolError,
+    InvalidOptionError, NotInLaneError, OmniqConnectionError, OmniqError, OmniqTimeoutError,
+    PayloadError, PayloadTooLargeError, ProtocolError, RedisCommandError, RedisFullError,
     TokenMismatchError, TokenRequiredError, UnexpectedReplyError,
 )
 from .models import (
@@ -39,6 +40,7 @@ __all__ = [
     "NotActiveError", "NoJobError", "NotFailedError", "JobActiveError", "LaneMismatchError",
     "NotInLaneError", "BatchTooLargeError", "BadArgsError", "BadLaneError", "BadJobIdError",
     "NoExpectedError", "BadExpectedError", "AlreadyInitializedError", "ChildRequiredError",
-    "NoCounterError",
+    "NoCounterError", "InvalidOptionError", "BackendError", "OmniqConnectionError",
+    "OmniqTimeoutError", "RedisFullError", "RedisCommandError",
     "__version__",
 ]

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_worker(args: argparse.Namespace) -> int:
     from .app import load_app
     from .errors import OmniqError
+    from .urls import redact_text
     from .worker import Worker
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -65,7 +66,7 @@ def run_worker(args: argparse.Namespace) -> int:
         app = load_app(args.app)
     except Exception as exc:  # anything the user's module raises on import
         detail = exc if isinstance(exc, (ImportError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        print(f"omniq-tasks: cannot load app {args.app!r}: {detail}", file=sys.stderr)
+        print(f"omniq-tasks: cannot load app {args.app!r}: {redact_text(str(detail))}", file=sys.stderr)
         if args.log_level == "DEBUG":
             traceback.print_exc()
         return 2
@@ -77,9 +78,13 @@ def run_worker(args: argparse.Namespace) -> int:
         worker = Worker(app, queues, concurrency=args.concurrency, pool=args.pool, app_path=args.app,
                         drain=args.drain, grace_s=args.grace, poll_interval_s=args.poll_interval)
     except (OmniqError, ValueError) as exc:
-        print(f"omniq-tasks: {exc}", file=sys.stderr)
+        print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
         return 2
-    return worker.run()
+    try:
+        return worker.run()
+    except OmniqError as exc:  # e.g. Redis unreachable when the worker starts
+        print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "demo":
         from .demo import run
+        from .errors import OmniqError
+        from .urls import redact_text
 
         logging.basicConfig(level=logging.WARNING)
-        return run(args.redis_url)
+        try:
+            return run(args.redis_url)
+        except OmniqError as exc:
+            print(f"omniq-tasks demo: {redact_text(str(exc))}", file=sys.stderr)
+            return 1
     parser.print_help(sys.stdout)
     return 0

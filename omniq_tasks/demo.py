@@ -3,19 +3,27 @@
 Starts its own redis-server (unless given a URL), publishes a burst of typed,
 grouped jobs and a failing one, runs a worker until the queue is drained, and
 prints what happened: per-company order, the group limit, retries, and stats.
+
+On a Redis of the user's, the demo must not touch their data: it works in a queue
+of its own (``demo-emails-<random>``) and deletes that queue's keys, and only
+those, when it ends.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
 import msgspec
 
+from . import keys
 from .app import App
+from .client import redis_errors
 from .context import JobContext
 from .testing import RedisServer
+from .urls import redact_url
 from .worker import Worker
 
 COMPANIES = (1, 2, 3)
@@ -28,17 +36,18 @@ class Email(msgspec.Struct):
     subject: str
 
 
-def build_app(url: str, record: list[tuple[int, str, float, float]], lock: threading.Lock) -> App:
+def build_app(url: str, record: list[tuple[int, str, float, float]], lock: threading.Lock,
+              queue: str = "demo-emails") -> App:
     app = App("demo", url, backoff_ms=200)
 
-    @app.task(queue="emails", gid="company:{company_id}", group_limit=GROUP_LIMIT, name="demo.send_email")
+    @app.task(queue=queue, gid="company:{company_id}", group_limit=GROUP_LIMIT, name="demo.send_email")
     def send_email(company_id: int, msg: Email) -> None:
         started = time.monotonic()
         time.sleep(0.05)
         with lock:
             record.append((company_id, msg.subject, started, time.monotonic()))
 
-    @app.task(queue="emails", max_attempts=2, name="demo.flaky")
+    @app.task(queue=queue, max_attempts=2, name="demo.flaky")
     def flaky(ctx: JobContext, n: int) -> None:
         raise RuntimeError(f"flaky job {n} failed on attempt {ctx.attempt}")
 
@@ -54,19 +63,48 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
+def own_queue(app: App) -> str:
+    """A queue name nobody uses on this Redis: demo-emails-<8 random hex digits>."""
+    while True:
+        queue = f"demo-emails-{secrets.token_hex(4)}"
+        with redis_errors(app.client.url):
+            if not any(True for _ in app.client.redis.scan_iter(match=_pattern(queue), count=1000)):
+                return queue
+
+
+def _pattern(queue: str) -> str:
+    """A SCAN pattern for every key of ``queue`` (they all start with its hash tag)."""
+    # Queue names hold no glob characters (keys.validate_queue), so no escaping.
+    return keys.queue_anchor(queue).split(":", 1)[0] + ":*"
+
+
+def remove_queue(app: App, queue: str) -> int:
+    """Delete every key of ``queue`` and nothing else; returns how many went."""
+    redis = app.client.redis
+    with redis_errors(app.client.url):
+        found = list(redis.scan_iter(match=_pattern(queue), count=1000))
+        for start in range(0, len(found), 500):
+            redis.delete(*found[start:start + 500])
+    return len(found)
+
+
 def run(url: str | None = None) -> int:
     """Run the demo; returns an exit code (0 when everything behaved)."""
     server = RedisServer() if url is None else None
     target = url or (server.url if server else "")
     record: list[tuple[int, str, float, float]] = []
     lock = threading.Lock()
+    app: App | None = None
+    queue = ""
     try:
-        app = build_app(target, record, lock)
-        app.client.redis.delete(*[f"{{emails}}:{k}" for k in ("wait", "stats")])
+        probe = App("demo", target)
+        queue = own_queue(probe)
+        probe.close()
+        app = build_app(target, record, lock, queue)
         send_email = app.registry.get("demo.send_email")
         flaky = app.registry.get("demo.flaky")
         assert send_email is not None and flaky is not None
-        print(f"redis: {target}{' (embedded, throwaway)' if server else ''}")
+        print(f"redis: {redact_url(target)}{' (embedded, throwaway)' if server else ''}, queue: {queue}")
         for n in range(MAILS_PER_COMPANY):
             for company in COMPANIES:
                 send_email.delay(company, Email(to=f"user{n}@company{company}.example", subject=f"mail {n}"))
@@ -93,14 +131,17 @@ def run(url: str | None = None) -> int:
         info = failing.info()
         print(f"failing job: state={info.state if info else None}, attempts={info.attempt if info else None}, "
               f"last_error={(info.last_error.splitlines() or [''])[0] if info else ''!r}")
-        stats = app.client.stats("emails")
+        stats = app.client.stats(queue)
         print(f"stats: completed_kept={stats.completed_kept} failed={stats.failed} "
               f"waiting={stats.waiting_total} active={stats.active}")
         ok &= info is not None and info.state == "failed" and stats.active == 0
         print("demo: OK" if ok else "demo: something did not behave")
-        app.close()
         return 0 if ok else 1
     finally:
+        if app is not None:
+            if server is None and queue:
+                remove_queue(app, queue)
+            app.close()
         if server is not None:
             server.stop()
 

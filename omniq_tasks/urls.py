@@ -7,7 +7,8 @@ URLs). :func:`redact_url` masks both; everything that prints a URL goes through 
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 MASK = "***"
 # Query parameters whose value is a secret: password, ssl_password, token, auth, ...
@@ -39,6 +40,15 @@ def redact_url(url: str) -> str:
             query = urlencode([(k, MASK if _is_secret(k) else v) for k, v in pairs], safe="*/:")
         if not parts.scheme and not netloc:
             return "<not a URL>"
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        # Not urlunsplit: it would turn unix:///path into unix:/path.
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     except Exception:  # whatever it is, it must not reach a log line unmasked
         return "<not a URL>"
+
+
+_URL_IN_TEXT = re.compile(r"\b(?:rediss?|unix|redis\+sentinel)://[^\s'\"<>]+", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every Redis URL in it redacted (for messages built from other errors)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
