@@ -1,0 +1,710 @@
+"""The OmniQ v1 operations in Python terms: typed results and one error family.
+
+:class:`OmniqClient` is the low-level client: every method is one protocol
+script call (or one read), with arguments checked before Redis is touched.
+``now_ms`` defaults to 0, which the scripts read as "use the Redis server clock"
+so that workers on machines with skewed clocks agree on leases; tests pass an
+explicit clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import msgspec
+import redis as redis_lib
+from redis.cluster import RedisCluster
+
+from . import keys
+from .ids import new_job_id
+from .envelope import MAX_NESTING, find_nonfinite, to_plain, too_deep
+from .errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
+from .urls import redact_url
+from .errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
+from .models import (
+    AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
+    ReservedJob, ReserveResult,
+)
+from .scripts import ScriptCall, Scripts
+
+log = logging.getLogger(__name__)
+
+RedisClient = Union[redis_lib.Redis, RedisCluster]
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# Wake-up tokens kept per queue at most: enough to wake that many idle workers.
+DEFAULT_WAKE_CAP = 64
+ENQUEUE_CHUNK = 1000
+_json_encode = msgspec.json.Encoder().encode
+# What follows the id in a batch reply entry (never a reason word).
+_ITEM_STATUSES = ("OK", "ERR")
+
+
+def backend_error(exc: redis_lib.RedisError, url: str) -> BackendError:
+    """Our error for a redis-py error; ``url`` must already be redacted."""
+    text = str(exc)
+    if isinstance(exc, redis_lib.TimeoutError):
+        return OmniqTimeoutError(f"Redis at {url} did not answer in time: {text}", url=url)
+    if isinstance(exc, redis_lib.ConnectionError):
+        return OmniqConnectionError(f"cannot reach Redis at {url}: {text}", url=url)
+    # redis-py strips the "OOM" word into the class; a script's error keeps it in the text
+    if isinstance(exc, redis_lib.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in text:
+        return RedisFullError(
+            f"Redis at {url} is full (maxmemory reached) and refused the write; nothing was written: {text}",
+            url=url)
+    return RedisCommandError(f"Redis at {url} refused the command: {text}", url=url)
+
+
+_json_decode = msgspec.json.Decoder().decode
+
+
+def check_json_text(data: bytes) -> None:
+    """Raise PayloadError unless ``data`` is one whole JSON object or array in UTF-8."""
+    if too_deep(data):
+        raise PayloadError(f"payload_json nests arrays/objects deeper than {MAX_NESTING} levels")
+    try:
+        value = _json_decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"payload_json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("payload_json nests arrays/objects too deep") from None
+    if not isinstance(value, (dict, list)):
+        raise PayloadError("payload_json must be the JSON text of an object or array")
+
+
+@contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Raise redis-py errors of the block as ours (see :func:`backend_error`)."""
+    try:
+        yield
+    except redis_lib.RedisError as exc:
+        raise backend_error(exc, url) from exc
+
+
+def describe_redis(client: Any) -> str:
+    """A password-free URL for a redis-py client, from its connection settings."""
+    try:
+        if isinstance(client, RedisCluster):
+            node = client.get_default_node()  # type: ignore[no-untyped-call]
+            return f"redis://{node.host}:{node.port} (cluster)"
+        pool = client.connection_pool
+        settings = pool.connection_kwargs
+        if settings.get("path"):
+            return f"unix://{settings['path']}?db={settings.get('db', 0)}"
+        scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+        return f"{scheme}://{settings.get('host', 'localhost')}:{settings.get('port', 6379)}/{settings.get('db', 0)}"
+    except Exception:  # only a description: never fail on it
+        return "<redis client>"
+
+
+def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
+    """Open a redis-py client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
+
+    With ``cluster=True`` the URL names any node of a Redis Cluster.
+    """
+    if cluster:
+        return RedisCluster.from_url(url, **kwargs)
+    return redis_lib.Redis.from_url(url, **kwargs)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    text = _text(value)
+    return int(float(text)) if text else None
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+# A job field the worker must turn into a number, sane or not (another client may
+# have written "1e20" or "inf"): whole numbers below 2**53 (exact in Lua and JSON).
+_MAX_FIELD = 2**53
+
+
+def _field_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"job field {name}={text!r} is not a whole number") from None
+    if not 0 <= value < _MAX_FIELD:
+        raise ValueError(f"job field {name}={text!r} is out of range")
+    return value
+
+
+class CorruptLease(msgspec.Struct, frozen=True):
+    """A leased job whose fields cannot be read: fail it (``problem`` says why), never run it."""
+
+    job: ReservedJob
+    problem: str
+
+
+def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[CorruptLease]] | QueuePaused:
+    """The jobs in a reserve_batch reply, and those whose fields are corrupt; see lua_src/reserve_batch.lua."""
+    status = _text(reply[0])
+    if status == "PAUSED":
+        return QueuePaused(queue)
+    jobs: list[ReservedJob] = []
+    corrupt: list[CorruptLease] = []
+    if status != "JOBS":
+        return jobs, corrupt
+    for i in range(1, len(reply) - 2, 3):
+        job_id, payload = _text(reply[i]), _text(reply[i + 1])
+        lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
+        try:
+            jobs.append(ReservedJob(
+                queue, job_id, payload, _field_int("lock_until_ms", lock_until), _field_int("attempt", attempt),
+                _field_int("max_attempts", max_attempts), gid, token, _field_int("timeout_ms", timeout)))
+        except ValueError as exc:
+            corrupt.append(CorruptLease(ReservedJob(queue, job_id, payload, 0, 0, 1, gid, token, 0), str(exc)))
+    return jobs, corrupt
+
+
+def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
+    """The readable jobs in a reserve_batch reply ([] for EMPTY); corrupt ones are left out."""
+    parsed = parse_leases(queue, reply)
+    return parsed if isinstance(parsed, QueuePaused) else parsed[0]
+
+
+def parse_ack_batch(reply: Any) -> dict[int, str]:
+    """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
+    return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+
+
+def parse_ack_fail_batch(reply: Any) -> list[AckFailResult | str]:
+    """Per lease of an ack_fail_batch reply: AckFailResult, or the reason it was not acked."""
+    out: list[AckFailResult | str] = []
+    for item in reply:
+        text = _text(item)
+        if text == "F":
+            out.append(AckFailResult("FAILED"))
+        elif text.startswith("R:"):
+            out.append(AckFailResult("RETRY", int(text[2:])))
+        else:
+            out.append(text)
+    return out
+
+
+def parse_heartbeat_batch(reply: Any) -> tuple[int, list[int | str]]:
+    """The server clock and, per lease of a heartbeat_batch reply, its new lock_until_ms or the reason."""
+    locks: list[int | str] = []
+    for item in reply[1:]:
+        text = _text(item)
+        locks.append(int(text) if text.isdigit() else text)
+    return int(reply[0]), locks
+
+
+class JobSpec(msgspec.Struct, frozen=True):
+    """One job for :meth:`OmniqClient.enqueue_many`, already encoded and checked."""
+
+    job_id: str
+    payload: bytes
+    max_attempts: int = 3
+    timeout_ms: int = 30_000
+    backoff_ms: int = 5_000
+    due_ms: int = 0
+    gid: str = ""
+    group_limit: int = 0
+
+
+def job_spec(
+    payload_json: bytes,
+    *,
+    job_id: str | None = None,
+    max_attempts: int = 3,
+    timeout_ms: int = 30_000,
+    backoff_ms: int = 5_000,
+    due_ms: int = 0,
+    gid: str | None = None,
+    group_limit: int = 0,
+) -> JobSpec:
+    """Check publish options and build a JobSpec (raises TypeError/ValueError/InvalidNameError)."""
+    if job_id is None:
+        job_id = new_job_id()
+    elif not isinstance(job_id, str) or not job_id or len(job_id) > 256:
+        raise ValueError(f"job_id must be a non-empty str of at most 256 chars, got {job_id!r}")
+    return JobSpec(
+        job_id=job_id, payload=payload_json,
+        max_attempts=_check_int("max_attempts", max_attempts, 1),
+        timeout_ms=_check_int("timeout_ms", timeout_ms, 1),
+        backoff_ms=_check_int("backoff_ms", backoff_ms, 0),
+        due_ms=_check_int("due_ms", due_ms, 0),
+        gid=keys.validate_gid(gid) if gid is not None else "",
+        group_limit=_check_int("group_limit", group_limit, 0),
+    )
+
+
+class OmniqClient:
+    """Typed access to the OmniQ v1 scripts on one Redis (standalone or cluster).
+
+    ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``), an existing
+    ``redis.Redis`` / ``redis.cluster.RedisCluster``, or None for
+    ``redis://localhost:6379/0``.
+    """
+
+    def __init__(
+        self,
+        redis: str | RedisClient | None = None,
+        *,
+        cluster: bool = False,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if redis is None or isinstance(redis, str):
+            url = redis or "redis://localhost:6379/0"
+            # What errors and reprs show: the URL without its password.
+            self.url = redact_url(url)
+            try:  # a cluster client connects here already
+                self.redis: RedisClient = connect(url, cluster=cluster)
+            except redis_lib.RedisError as exc:
+                raise backend_error(exc, self.url) from exc
+        elif isinstance(redis, (redis_lib.Redis, RedisCluster)):
+            self.redis = redis
+            self.url = describe_redis(redis)
+        else:
+            raise TypeError(f"redis must be a URL or a redis-py client, not {type(redis).__name__}")
+        self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
+        self.scripts = Scripts(self.redis)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.redis.close()
+
+    def __enter__(self) -> OmniqClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calling scripts -----------------------------------------------------
+
+    def _call(self, name: str, anchor: str, *args: Any) -> Any:
+        try:
+            return self.scripts.call(name, anchor, args)
+        except redis_lib.RedisError as exc:  # into our family, with the URL but no password
+            raise backend_error(exc, self.url) from exc
+
+    @staticmethod
+    def _raise_if_err(reply: Any, queue: str = "", job_id: str = "") -> list[Any]:
+        if not isinstance(reply, list) or not reply:
+            raise UnexpectedReplyError(None, repr(reply), queue=queue, job_id=job_id)
+        if _text(reply[0]) == "ERR":
+            detail = _text(reply[2]) if len(reply) > 2 else ""
+            raise protocol_error(_text(reply[1]) if len(reply) > 1 else "UNKNOWN", detail,
+                                 queue=queue, job_id=job_id)
+        return reply
+
+    @classmethod
+    def _raise_if_batch_err(cls, reply: Any, queue: str) -> list[Any]:
+        """A batch's flat ``id, status, ...`` reply, or raise for a whole-call ``{"ERR", REASON}``.
+
+        A job may well be called "ERR", so the second entry decides: an item status
+        (OK, ERR) is never a reason word.
+        """
+        if isinstance(reply, list) and len(reply) > 1 and _text(reply[1]) in _ITEM_STATUSES:
+            return reply
+        return cls._raise_if_err(reply, queue)
+
+    # -- publishing ------------------------------------------------------------
+
+    def encode_payload(self, payload: Any) -> bytes:
+        """Encode a payload to JSON bytes; it must be a JSON object or array."""
+        try:
+            data = _json_encode(payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
+        except RecursionError:
+            data = b"[" * (MAX_NESTING + 1)
+        if data[:1] not in (b"{", b"["):
+            raise PayloadError(
+                f"payload must be a JSON object or array (dict, list, Struct, dataclass), "
+                f"not {type(payload).__name__}"
+            )
+        if too_deep(data):
+            raise PayloadError(f"payload nests arrays/objects deeper than {MAX_NESTING} levels")
+        # msgspec writes NaN and infinities as null: refuse them rather than change them.
+        if b"null" in data:
+            nonfinite = find_nonfinite(to_plain(payload), "payload")
+            if nonfinite is not None:
+                raise PayloadError(f"{nonfinite[0]} is {nonfinite[1]}: JSON has no NaN or Infinity")
+        return data
+
+    def publish(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        job_id: str | None = None,
+        max_attempts: int = 3,
+        timeout_ms: int = 30_000,
+        backoff_ms: int = 5_000,
+        due_ms: int = 0,
+        gid: str | None = None,
+        group_limit: int = 0,
+        now_ms: int = 0,
+    ) -> Published:
+        """Publish one job. ``payload`` must encode to a JSON object or array.
+
+        ``due_ms`` later than now makes it delayed; ``gid`` puts it in that group's
+        FIFO lane, and ``group_limit`` > 0 sets the group's limit if none is set yet.
+        Publishing an id that already exists changes nothing (``existed=True``).
+        """
+        return self.publish_json(
+            queue, self.encode_payload(payload), job_id=job_id, max_attempts=max_attempts,
+            timeout_ms=timeout_ms, backoff_ms=backoff_ms, due_ms=due_ms, gid=gid,
+            group_limit=group_limit, now_ms=now_ms,
+        )
+
+    def publish_json(
+        self,
+        queue: str,
+        payload_json: bytes | str,
+        *,
+        job_id: str | None = None,
+        max_attempts: int = 3,
+        timeout_ms: int = 30_000,
+        backoff_ms: int = 5_000,
+        due_ms: int = 0,
+        gid: str | None = None,
+        group_limit: int = 0,
+        now_ms: int = 0,
+        wake_cap: int = 0,
+    ) -> Published:
+        """Publish already-encoded JSON text (an object or array); see :meth:`publish`.
+
+        ``wake_cap`` > 0 also pushes a wake-up token to ``{Q}:wake`` (keeping at most
+        that many), so an idle omniq-tasks worker starts the job at once.
+        """
+        keys.validate_queue(queue)  # a bad name is refused first, whatever the payload
+        try:
+            data = payload_json.encode() if isinstance(payload_json, str) else payload_json
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+            raise PayloadError(f"payload_json is not valid text: {exc}") from None
+        if not isinstance(data, bytes) or data.lstrip()[:1] not in (b"{", b"["):
+            raise PayloadError("payload_json must be the JSON text of an object or array")
+        if len(data) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"payload is {len(data)} bytes; the limit is {self.max_payload_bytes}"
+            )
+        check_json_text(data)
+        spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
+                        backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
+        return self.publish_spec(queue, spec, wake_cap=wake_cap, now_ms=now_ms)
+
+    def publish_spec(self, queue: str, spec: JobSpec, *, wake_cap: int = 0, now_ms: int = 0) -> Published:
+        """Publish one JobSpec (from :func:`job_spec`, so already checked) with the protocol enqueue.
+
+        ``wake_cap`` > 0 also pushes a wake-up token (see :meth:`publish_json`).
+        """
+        args: tuple[Any, ...] = (spec.job_id, spec.payload, spec.max_attempts, spec.timeout_ms,
+                                 spec.backoff_ms, _check_int("now_ms", now_ms, 0), spec.due_ms,
+                                 spec.gid, spec.group_limit)
+        if wake_cap:
+            args += (_check_int("wake_cap", wake_cap, 0),)
+        reply = self._raise_if_err(self._call("enqueue", keys.queue_anchor(queue), *args), queue, spec.job_id)
+        existed = len(reply) > 2
+        if existed and self.scripts.take_resent():
+            # The connection dropped and the call went again: if the job found is
+            # this very job, the first send created it.
+            stored = self.redis.hget(keys.job_key(queue, spec.job_id), "payload")
+            existed = stored is None or bytes(stored if isinstance(stored, bytes) else stored.encode()) != spec.payload
+        return Published(queue=queue, job_id=_text(reply[1]), existed=existed)
+
+    def enqueue_many(
+        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = DEFAULT_WAKE_CAP, now_ms: int = 0
+    ) -> list[Published]:
+        """Publish many prepared jobs with one script call per 1000 (enqueue_batch).
+
+        Each job is enqueued exactly as :meth:`publish` would; ``wake_cap`` > 0 also
+        pushes wake-up tokens to ``{Q}:wake`` so that idle omniq-tasks workers start
+        at once. A chunk is one atomic script call; an error in a later chunk leaves
+        the earlier ones published.
+        """
+        anchor = keys.queue_anchor(queue)
+        out: list[Published] = []
+        options: dict[tuple[int, ...], bytes] = {}
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start:start + ENQUEUE_CHUNK]
+            args: list[Any] = [now_ms, wake_cap, len(chunk)]
+            for job in chunk:
+                if len(job.payload) > self.max_payload_bytes:
+                    raise PayloadTooLargeError(
+                        f"payload of job {job.job_id} is {len(job.payload)} bytes; "
+                        f"the limit is {self.max_payload_bytes}")
+                key = (job.max_attempts, job.timeout_ms, job.backoff_ms, job.due_ms, job.group_limit)
+                packed = options.get(key)
+                if packed is None:
+                    packed = options[key] = b"%d:%d:%d:%d:%d" % key
+                args += (job.job_id, job.payload, job.gid, packed)
+            args += self.scripts.replay_tag("enqueue_batch")
+            reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
+            refused = {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+            for position, job in enumerate(chunk):
+                reason = refused.get(position)
+                if reason is not None and reason != "EXISTS":
+                    raise protocol_error(reason, queue=queue, job_id=job.job_id)
+                out.append(Published(queue, job.job_id, reason == "EXISTS"))
+        return out
+
+    # -- running jobs -------------------------------------------------------
+
+    def reserve(self, queue: str, *, now_ms: int = 0) -> ReserveResult:
+        """Lease the next runnable job: ReservedJob, QueueEmpty or QueuePaused."""
+        reply = self._raise_if_err(self._call("reserve", keys.queue_anchor(queue), now_ms), queue)
+        status = _text(reply[0])
+        if status == "EMPTY":
+            return QueueEmpty(queue)
+        if status == "PAUSED":
+            return QueuePaused(queue)
+        if status != "JOB" or len(reply) < 8:
+            raise UnexpectedReplyError(None, repr(reply), queue=queue)
+        return ReservedJob(
+            queue=queue, job_id=_text(reply[1]), payload=_text(reply[2]),
+            lock_until_ms=int(reply[3]), attempt=int(reply[4]), max_attempts=int(reply[5]),
+            gid=_text(reply[6]), lease_token=_text(reply[7]),
+        )
+
+    def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
+        """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
+        reply = self._raise_if_err(self._call(
+            "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1),
+            *self.scripts.replay_tag("reserve_batch")), queue)
+        parsed = parse_leases(queue, reply)
+        if isinstance(parsed, QueuePaused):
+            return parsed
+        jobs, corrupt = parsed
+        for bad in corrupt:  # nobody could ever run it: fail it now rather than leave it leased
+            log.error("job=%s queue=%s cannot be run: %s", bad.job.job_id, queue, bad.problem)
+            self.ack_fail(queue, bad.job.job_id, bad.job.lease_token,
+                          error=f"corrupt job: {bad.problem}", final=True, now_ms=now_ms)
+        return jobs
+
+    def ack_success_batch(
+        self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
+    ) -> list[BatchItem]:
+        """ack_success for many (job_id, lease_token) pairs, one script call per 1000."""
+        anchor = keys.queue_anchor(queue)
+        items: list[BatchItem] = []
+        for start in range(0, len(leases), ENQUEUE_CHUNK):
+            chunk = leases[start:start + ENQUEUE_CHUNK]
+            args: list[Any] = [now_ms, len(chunk)]
+            for job_id, token in chunk:
+                args += (job_id, token)
+            args += self.scripts.replay_tag("ack_success_batch")
+            refused = parse_ack_batch(self._raise_if_err(self._call("ack_success_batch", anchor, *args), queue))
+            items += [BatchItem(job_id, n not in refused, refused.get(n)) for n, (job_id, _) in enumerate(chunk)]
+        return items
+
+    def heartbeat(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> int:
+        """Extend a lease; returns the new lock_until_ms."""
+        reply = self._raise_if_err(
+            self._call("heartbeat", keys.queue_anchor(queue), job_id, now_ms, lease_token),
+            queue, job_id)
+        return int(reply[1])
+
+    def ack_success(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> None:
+        """Mark a leased job completed."""
+        self._raise_if_err(
+            self._call("ack_success", keys.queue_anchor(queue), job_id, now_ms, lease_token),
+            queue, job_id)
+
+    def ack_fail(
+        self, queue: str, job_id: str, lease_token: str, *, error: str | None = None,
+        final: bool = False, now_ms: int = 0,
+    ) -> AckFailResult:
+        """Report a failed run: the job retries after its backoff or fails for good.
+
+        ``error`` is stored as ``last_error`` (the script keeps at most 4096 bytes).
+        ``final=True`` fails the job now whatever attempts are left (for a job that
+        can never succeed, e.g. an unknown task).
+        """
+        args: tuple[Any, ...] = (job_id, now_ms, lease_token)
+        if error or final:
+            args += (error or "",)
+        if final:
+            args += ("1",)
+        reply = self._raise_if_err(self._call("ack_fail", keys.queue_anchor(queue), *args),
+                                   queue, job_id)
+        if _text(reply[0]) == "RETRY":
+            return AckFailResult("RETRY", int(reply[1]))
+        return AckFailResult("FAILED")
+
+    # -- maintenance ----------------------------------------------------------
+
+    def promote_delayed(self, queue: str, *, max_promote: int = 1000, now_ms: int = 0) -> int:
+        """Move due delayed jobs to their wait lanes; returns how many moved."""
+        reply = self._raise_if_err(self._call(
+            "promote_delayed", keys.queue_anchor(queue), now_ms,
+            _check_int("max_promote", max_promote, 1)), queue)
+        return int(reply[1])
+
+    def reap_expired(self, queue: str, *, max_reap: int = 1000, now_ms: int = 0) -> int:
+        """End expired leases (retry or fail); returns how many were reaped."""
+        reply = self._raise_if_err(self._call(
+            "reap_expired", keys.queue_anchor(queue), now_ms,
+            _check_int("max_reap", max_reap, 1)), queue)
+        return int(reply[1])
+
+    # -- calls for batching (the worker sends several in one round trip) ------------
+
+    def reserve_batch_call(self, queue: str, max_jobs: int) -> ScriptCall:
+        """reserve_batch for up to ``max_jobs`` (1..1000), safe to send again (replay tag)."""
+        return ("reserve_batch", keys.queue_anchor(queue),
+                (0, max_jobs, *self.scripts.replay_tag("reserve_batch")))
+
+    def ack_success_batch_call(self, queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
+        """ack_success_batch for up to 1000 (job_id, lease_token) pairs, safe to send again."""
+        args: list[Any] = [0, len(leases)]
+        for job_id, token in leases:
+            args += (job_id, token)
+        args += self.scripts.replay_tag("ack_success_batch")
+        return ("ack_success_batch", keys.queue_anchor(queue), args)
+
+    def ack_fail_batch_call(self, queue: str, failures: Sequence[tuple[str, str, str, bool]]) -> ScriptCall:
+        """ack_fail_batch for up to 1000 (job_id, lease_token, error, final), safe to send again."""
+        args: list[Any] = [0, len(failures)]
+        for job_id, token, error, final in failures:
+            args += (job_id, token, error, "final" if final else "")
+        args += self.scripts.replay_tag("ack_fail_batch")
+        return ("ack_fail_batch", keys.queue_anchor(queue), args)
+
+    @staticmethod
+    def heartbeat_batch_call(queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
+        """heartbeat_batch for up to 1000 (job_id, lease_token) pairs: each lock becomes now + timeout_ms."""
+        args: list[Any] = [0, len(leases)]
+        for job_id, token in leases:
+            args += (job_id, token)
+        return ("heartbeat_batch", keys.queue_anchor(queue), args)
+
+    @staticmethod
+    def maintenance_calls(queue: str, limit: int = 1000) -> list[ScriptCall]:
+        """promote_delayed, then reap_leases (reap_expired noting why in last_error)."""
+        anchor = keys.queue_anchor(queue)
+        return [("promote_delayed", anchor, (0, limit)), ("reap_leases", anchor, (0, limit))]
+
+    def pause(self, queue: str) -> None:
+        """Stop new reserves on the queue; running jobs are untouched."""
+        self._call("pause", keys.queue_anchor(queue))
+
+    def resume(self, queue: str) -> bool:
+        """Allow reserves again; True if the queue was paused."""
+        return int(self._call("resume", keys.queue_anchor(queue))) == 1
+
+    def is_paused(self, queue: str) -> bool:
+        """True while the queue is paused."""
+        with redis_errors(self.url):
+            return bool(self.redis.exists(keys.paused_key(queue)))
+
+    def retry_failed(self, queue: str, job_id: str, *, now_ms: int = 0) -> None:
+        """Put a failed job back in its wait lane with attempt reset to 0."""
+        self._raise_if_err(
+            self._call("retry_failed", keys.queue_anchor(queue), job_id, now_ms), queue, job_id)
+
+    def retry_failed_batch(self, queue: str, job_ids: Sequence[str], *, now_ms: int = 0) -> list[BatchItem]:
+        """retry_failed for up to 100 ids; one BatchItem per id."""
+        ids = list(job_ids)
+        reply = self._call("retry_failed_batch", keys.queue_anchor(queue), now_ms, len(ids), *ids)
+        return self._batch_items(reply, queue)
+
+    def remove_job(self, queue: str, job_id: str, lane: str, *, now_ms: int = 0) -> None:
+        """Delete a job that is not running from ``lane`` (wait, gwait, delayed, failed, completed)."""
+        self._raise_if_err(
+            self._call("remove_job", keys.queue_anchor(queue), job_id, lane, now_ms), queue, job_id)
+
+    def remove_jobs_batch(
+        self, queue: str, lane: str, job_ids: Sequence[str], *, now_ms: int = 0
+    ) -> list[BatchItem]:
+        """remove_job for up to 100 ids of one lane; one BatchItem per id."""
+        ids = list(job_ids)
+        reply = self._call("remove_jobs_batch", keys.queue_anchor(queue), lane, len(ids), *ids, now_ms)
+        return self._batch_items(reply, queue)
+
+    def _batch_items(self, reply: Any, queue: str) -> list[BatchItem]:
+        if reply == []:
+            return []
+        reply = self._raise_if_batch_err(reply, queue)
+        items, i = [], 0
+        while i + 1 < len(reply):
+            job_id, status = _text(reply[i]), _text(reply[i + 1])
+            if status == "ERR":
+                items.append(BatchItem(job_id, False, _text(reply[i + 2])))
+                i += 3
+            else:
+                items.append(BatchItem(job_id, True))
+                i += 2
+        return items
+
+    # -- fan-in counters ----------------------------------------------------------
+
+    def childs_init(self, key: str, expected: int) -> None:
+        """Start a fan-in counter expecting ``expected`` children."""
+        self._raise_if_err(self._call("childs_init", keys.child_anchor(key),
+                                      _check_int("expected", expected, 1)))
+
+    def child_ack(self, key: str, child_id: str) -> int:
+        """Count one child as done (idempotent per child id); returns how many remain."""
+        if not isinstance(child_id, str) or not child_id:
+            raise ValueError("child_id must be a non-empty str")
+        reply = self._raise_if_err(self._call("child_ack", keys.child_anchor(key), child_id))
+        return int(reply[1])
+
+    # -- reads ---------------------------------------------------------------------
+
+    def stats(self, queue: str) -> QueueStats:
+        """The queue's counters and times (zeros for a queue never used)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.stats_key(queue))
+        pipe.exists(keys.paused_key(queue))
+        with redis_errors(self.url):
+            raw, paused = pipe.execute()
+        fields = {_text(k): _int_or_none(v) or 0 for k, v in raw.items()}
+        known = {f: fields[f] for f in QueueStats.__struct_fields__ if f in fields}
+        known.pop("queue", None)
+        known.pop("paused", None)
+        return QueueStats(queue=queue, paused=bool(paused), **known)
+
+    def list_queues(self) -> list[str]:
+        """Every queue that has a ``{Q}:stats`` hash, sorted (a SCAN, no registry key)."""
+        found = set()
+        with redis_errors(self.url):
+            for key in self.redis.scan_iter(match="*:stats", count=1000):
+                name = keys.queue_from_stats_key(_text(key))
+                if name:
+                    found.add(name)
+        return sorted(found)
+
+    def job(self, queue: str, job_id: str) -> JobInfo | None:
+        """The job hash, typed; None when no such job exists."""
+        with redis_errors(self.url):
+            raw = self.redis.hgetall(keys.job_key(queue, job_id))
+        if not raw:
+            return None
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        times = ("created_ms", "updated_ms", "queued_ms", "first_started_ms", "last_started_ms",
+                 "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
+        return JobInfo(
+            queue=queue, id=h.get("id", job_id), state=h.get("state", ""),
+            payload=h.get("payload", ""), attempt=int(h.get("attempt") or 0),
+            max_attempts=int(h.get("max_attempts") or 0), timeout_ms=int(h.get("timeout_ms") or 0),
+            backoff_ms=int(h.get("backoff_ms") or 0), gid=h.get("gid", ""),
+            lease_token=h.get("lease_token", ""), last_error=h.get("last_error", ""),
+            **{t: _int_or_none(h.get(t)) for t in times},
+        )
+
+    def iter_ids(self, queue: str, lane: str) -> Iterable[str]:
+        """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed)."""
+        if lane not in keys.LANES:
+            raise ValueError(f"lane must be one of {keys.LANES}, got {lane!r}")
+        with redis_errors(self.url):
+            members = self.redis.zrange(keys.idx_key(queue, lane), 0, -1)
+        for member in members:
+            yield _text(member)
