@@ -117,7 +117,7 @@ def find_nonfinite(plain: Any, path: str = "") -> tuple[str, float] | None:
     stack: list[tuple[str, Any]] = [(path, plain)]
     while stack:  # no recursion: the tree may be deep
         where, value = stack.pop()
-        if type(value) is float or isinstance(value, float):
+        if isinstance(value, float):
             if not math.isfinite(value):
                 return where, value
         elif isinstance(value, dict):
