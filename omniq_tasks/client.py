@@ -161,10 +161,11 @@ def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[Corrup
     for i in range(1, len(reply) - 2, 3):
         job_id, payload = _text(reply[i]), _text(reply[i + 1])
         lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
-        try:
-            jobs.append(ReservedJob(
-                queue, job_id, payload, _field_int("lock_until_ms", lock_until), _field_int("attempt", attempt),
-                _field_int("max_attempts", max_attempts), gid, token, _field_int("timeout_ms", timeout)))
+        try:  # the stored fields first: a bad timeout_ms makes lock_until_ms bad too
+            timeout_ms, attempt_n = _field_int("timeout_ms", timeout), _field_int("attempt", attempt)
+            max_n = _field_int("max_attempts", max_attempts)
+            jobs.append(ReservedJob(queue, job_id, payload, _field_int("lock_until_ms", lock_until), attempt_n,
+                                    max_n, gid, token, timeout_ms))
         except ValueError as exc:
             corrupt.append(CorruptLease(ReservedJob(queue, job_id, payload, 0, 0, 1, gid, token, 0), str(exc)))
     return jobs, corrupt
