@@ -384,6 +384,7 @@ class Worker:
         self._install_signals()
         log.info("worker for app %s: queues %s, concurrency %d", self.app.name,
                  ",".join(self.queues), self.concurrency)
+        self._check_eviction()
         try:
             while not self._stopping.is_set():
                 try:
@@ -403,6 +404,23 @@ class Worker:
             return self._finish()
         finally:
             self.runner.stop()
+
+    def _check_eviction(self) -> None:
+        """Say loudly when Redis may evict keys: eviction deletes jobs without a trace."""
+        try:
+            info = self.client.redis.info("memory")
+        except redis_lib.RedisError as exc:  # an ACL without INFO, a server away: not our call to make
+            log.debug("could not read the server's maxmemory-policy: %s", exc)
+            return
+        policies = {str(v.get("maxmemory_policy")) for v in info.values() if isinstance(v, dict)} \
+            if "maxmemory_policy" not in info else {str(info["maxmemory_policy"])}
+        for policy in sorted(policies - {"noeviction", "None"}):
+            if policy.startswith("volatile-"):
+                log.warning("redis maxmemory-policy is %s: when full, Redis deletes keys that have a TTL "
+                            "(replay memory, fan-in markers); use noeviction", policy)
+            else:
+                log.error("redis maxmemory-policy is %s: when full, Redis DELETES JOBS without a trace; "
+                          "set maxmemory-policy noeviction on any Redis that holds queues", policy)
 
     def _drained(self, started: int) -> bool:
         return not (started or self.leases or self._unsent or self._corrupt or self._pending)

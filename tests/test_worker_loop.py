@@ -193,3 +193,26 @@ def test_a_job_with_a_corrupt_field_fails_clearly_and_the_worker_goes_on(
     assert info["state"] == "failed"
     assert "corrupt job" in info["last_error"] and field in info["last_error"]
     assert r.zcard("{loop}:active") == 0
+
+
+@pytest.mark.parametrize("policy,level,words", [
+    ("allkeys-lru", "ERROR", "DELETES JOBS"), ("volatile-ttl", "WARNING", "have a TTL"), ("noeviction", None, "")])
+def test_a_worker_says_loudly_at_start_when_redis_may_evict_jobs(
+        caplog: pytest.LogCaptureFixture, policy: str, level: str | None, words: str) -> None:
+    server = RedisServer("--maxmemory", "100mb", "--maxmemory-policy", policy)
+    app = App("loop", server.url, queue=Q)
+
+    @app.task
+    def nothing() -> None: ...
+
+    try:
+        with caplog.at_level("INFO", logger="omniq_tasks.worker"):
+            assert Worker(app, drain=True).run() == 0
+        found = [rec for rec in caplog.records if "maxmemory-policy" in rec.getMessage()]
+        if level is None:
+            assert found == []
+        else:
+            assert len(found) == 1 and found[0].levelname == level and words in found[0].getMessage()
+    finally:
+        app.close()
+        server.stop()
