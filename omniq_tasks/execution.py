@@ -2,24 +2,35 @@
 
 Outcomes are plain data the worker turns into acks: ``ok`` -> ack_success;
 otherwise ack_fail with ``error`` as the text, and ``final`` when retrying can
-never help (unknown task, payload that does not fit the annotations), so the
-job fails at once instead of burning its attempts.
+never help (unknown task, payload that does not fit the annotations, payload
+the decoder cannot take at all), so the job fails at once instead of burning
+its attempts.
+
+Nothing here may raise out of a runner: prepare() turns any exception while
+decoding (RecursionError from 100,000 nested lists, MemoryError, ...) into a
+final Outcome, call()/call_async() turn whatever the task raises into a failed
+Outcome, and describe_exception() survives exceptions whose str() raises.
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
 from .arguments import TaskArgumentError
+from .context import JobContext
 from .envelope import read_envelope
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from .app import App
+    from .models import ReservedJob
     from .registry import Registry
     from .task import Task
+
+log = logging.getLogger("omniq_tasks.worker")
 
 MAX_ERROR_CHARS = 4096  # ack_fail keeps 4096 bytes of last_error: we send at most that many
 TRACEBACK_FRAMES = 5
@@ -56,46 +67,95 @@ class PreparedCall:
 def prepare(registry: Registry, queue: str, payload: str | bytes,
             make_context: Callable[[], JobContext]) -> PreparedCall | Outcome:
     """Find the task for a payload and decode its arguments, or say why it cannot run."""
-    envelope = read_envelope(payload)
-    if envelope is None:
-        task = registry.raw_handler(queue)
-        if task is None or task.raw_decoder is None:
-            return Outcome(False, "", clip_error(
-                f"payload is not a task envelope and queue {queue!r} has no raw handler "
-                f"(declare one with @app.task(queue={queue!r}, raw=True))"), final=True)
-        try:
-            value = task.raw_decoder.decode(payload)
-        except msgspec.DecodeError as exc:
-            return Outcome(False, task.name, clip_error(f"raw task {task.name}: payload does not fit: {exc}"),
-                           final=True)
-        kwargs = {task.codec.params[0]: value}
-    else:
-        found = registry.get(envelope.task)
-        if found is None:
-            known = ", ".join(registry.names()) or "none"
-            return Outcome(False, envelope.task, clip_error(
-                f"unknown task {envelope.task!r}: not registered in this worker "
-                f"(known tasks: {known})"), final=True)
-        task = found
-        try:
-            decoded = task.codec.decode_parts(bytes(envelope.args), bytes(envelope.kwargs))
-        except TaskArgumentError as exc:
-            return Outcome(False, task.name, clip_error(f"invalid arguments: {exc}"), final=True)
-        kwargs = task.codec.call_kwargs(decoded)
+    name = ""
+    try:
+        envelope = read_envelope(payload)
+        if envelope is None:
+            task = registry.raw_handler(queue)
+            if task is None or task.raw_decoder is None:
+                return Outcome(False, "", clip_error(
+                    f"payload is not a task envelope and queue {queue!r} has no raw handler "
+                    f"(declare one with @app.task(queue={queue!r}, raw=True))"), final=True)
+            name = task.name
+            try:
+                value = task.raw_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                return Outcome(False, task.name, clip_error(f"raw task {task.name}: payload does not fit: {exc}"),
+                               final=True)
+            kwargs = {task.codec.params[0]: value}
+        else:
+            found = registry.get(envelope.task)
+            if found is None:
+                known = ", ".join(registry.names()) or "none"
+                return Outcome(False, envelope.task, clip_error(
+                    f"unknown task {envelope.task!r}: not registered in this worker "
+                    f"(known tasks: {known})"), final=True)
+            task = found
+            name = task.name
+            try:
+                decoded = task.codec.decode_parts(bytes(envelope.args), bytes(envelope.kwargs))
+            except TaskArgumentError as exc:
+                return Outcome(False, task.name, clip_error(f"invalid arguments: {exc}"), final=True)
+            kwargs = task.codec.call_kwargs(decoded)
+    except BaseException as exc:  # RecursionError on deep nesting, MemoryError: retrying cannot help
+        return Outcome(False, name, "payload could not be decoded: " + exception_line(exc), final=True)
     if task.codec.context_param is not None:
         kwargs[task.codec.context_param] = make_context()
     return PreparedCall(task, kwargs)
 
 
-def describe_exception(exc: BaseException) -> str:
-    """Exception type, message and the last frames of its traceback, at most 4096 bytes."""
-    frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)
+def job_context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
+    """Makes the JobContext of ``job``, only if its task asks for one."""
+    return lambda: JobContext(
+        app.client, queue=job.queue, job_id=job.job_id, attempt=job.attempt,
+        max_attempts=job.max_attempts, gid=job.gid, lease_token=job.lease_token,
+        lock_until_ms=job.lock_until_ms, payload_raw=job.payload)
+
+
+def prepare_job(app: App, job: ReservedJob) -> PreparedCall | Outcome:
+    """prepare() for a reserved job, logging its start at DEBUG; never raises."""
     try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not lose the failure
-        message = "<exception str() failed>"
-    text = f"{type(exc).__qualname__}: {message}\n" + "".join(frames[1:-1])
-    return clip_error(text)
+        prepared = prepare(app.registry, job.queue, job.payload, job_context(app, job))
+        if isinstance(prepared, PreparedCall) and log.isEnabledFor(logging.DEBUG):
+            log.debug("start %s job=%s queue=%s attempt=%d/%d", prepared.task.name, job.job_id,
+                      job.queue, job.attempt, job.max_attempts)
+        return prepared
+    except BaseException as exc:  # making the JobContext, or logging, failed: retrying may help
+        return crashed("", exc)
+
+
+def crashed(task: str, exc: BaseException) -> Outcome:
+    """The failed Outcome for an exception that escaped a task's own handling; never raises."""
+    return Outcome(False, task, describe_exception(exc))
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (the first of the message), at most 4096 bytes; never raises."""
+    try:
+        try:
+            message = str(exc)
+        except BaseException:  # a broken __str__ (even one raising SystemExit) must not lose the failure
+            message = "<exception str() failed>"
+        return clip_error(f"{type(exc).__qualname__}: {message}".split("\n", 1)[0])
+    except BaseException:  # MemoryError while formatting
+        return "exception (could not be described)"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Exception type, message and the last frames of its traceback, at most 4096 bytes; never raises."""
+    try:
+        try:
+            message = str(exc)
+        except BaseException:  # a broken __str__ (even one raising SystemExit) must not lose the failure
+            message = "<exception str() failed>"
+        try:
+            frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)
+            trail = "".join(frames[1:-1])
+        except BaseException:  # traceback formats str(exc) again, and may run out of memory
+            trail = ""
+        return clip_error(f"{type(exc).__qualname__}: {message}\n" + trail)
+    except BaseException:
+        return "exception (could not be described)"
 
 
 def call(prepared: PreparedCall) -> Outcome:
@@ -103,7 +163,7 @@ def call(prepared: PreparedCall) -> Outcome:
     try:
         prepared.task.fn(**prepared.kwargs)
     except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
-        return Outcome(False, prepared.task.name, describe_exception(exc))
+        return crashed(prepared.task.name, exc)
     return Outcome(True, prepared.task.name)
 
 
@@ -112,5 +172,7 @@ async def call_async(prepared: PreparedCall) -> Outcome:
     try:
         await prepared.task.fn(**prepared.kwargs)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
-        return Outcome(False, prepared.task.name, describe_exception(exc))
+        return crashed(prepared.task.name, exc)
+    # Other BaseExceptions (CancelledError, ...) end the asyncio Task; the runner's
+    # done-callback reports them.
     return Outcome(True, prepared.task.name)

@@ -1,7 +1,17 @@
-"""Where jobs run: a thread pool (default), a process pool, and an event loop for async tasks.
+"""Where jobs run in the worker's process: a thread pool, and an event loop for async tasks.
 
 A runner takes a reserved job, runs it, and reports ``on_done(job, outcome)``
-from whatever thread finished it; the worker does all the Redis work.
+from whatever thread finished it; the worker does all the Redis work. (The
+process pool, for ``--pool processes``, is in process_pool.py.)
+
+Whatever a job does, a runner reports it exactly once and keeps its slot:
+decoding and running are guarded down to BaseException (execution.py), and
+each thread guards its loop again, so a job can never end a runner thread.
+
+Stopping: ``stop()`` returns within about STOP_WAIT_S whatever is still
+running. Idle threads exit; busy ones (daemons) are abandoned, and whatever
+they or the event loop finish after ``stop()`` is dropped, not reported: the
+worker has stopped acking by then, and those jobs run again after their lease.
 """
 
 from __future__ import annotations
@@ -10,12 +20,11 @@ import asyncio
 import logging
 import queue as queue_mod
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
-from typing import TYPE_CHECKING, Any, Callable
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Callable
 
-from .context import JobContext
-from .execution import Outcome, PreparedCall, call, call_async, prepare
+from .execution import Outcome, PreparedCall, call, call_async, crashed, prepare_job
 from .models import ReservedJob
 
 if TYPE_CHECKING:
@@ -23,19 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]
-
-
-def _context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
-    return lambda: JobContext(
-        app.client, queue=job.queue, job_id=job.job_id, attempt=job.attempt,
-        max_attempts=job.max_attempts, gid=job.gid, lease_token=job.lease_token,
-        lock_until_ms=job.lock_until_ms, payload_raw=job.payload)
-
-
-def _log_start(job: ReservedJob, task: str) -> None:
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("start %s job=%s queue=%s attempt=%d/%d", task, job.job_id, job.queue,
-                 job.attempt, job.max_attempts)
+# The longest stop() waits for idle threads and the event loop to end.
+STOP_WAIT_S = 0.5
 
 
 class AsyncLoop:
@@ -43,8 +41,18 @@ class AsyncLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="omniq-async", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="omniq-async", daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        # run_forever() re-raises SystemExit/KeyboardInterrupt escaping a callback;
+        # the loop must outlive them until stop().
+        while not self._stopping:
+            try:
+                self.loop.run_forever()
+            except BaseException:
+                log.exception("the event loop stopped on an error; restarting it")
 
     def submit(self, prepared: PreparedCall, job: ReservedJob, on_done: OnDone) -> None:
         future = asyncio.run_coroutine_threadsafe(call_async(prepared), self.loop)
@@ -52,15 +60,19 @@ class AsyncLoop:
         def done(f: Future[Outcome]) -> None:
             try:
                 outcome = f.result()
-            except BaseException as exc:  # cancelled at shutdown
-                outcome = Outcome(False, prepared.task.name, f"{type(exc).__name__}: {exc}")
+            except BaseException as exc:  # cancelled, or a BaseException call_async lets through
+                outcome = crashed(prepared.task.name, exc)
             on_done(job, outcome)
 
         future.add_done_callback(done)
 
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        self._stopping = True
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # the loop is closed already
+            return
+        self._thread.join(timeout=timeout)  # a task blocking the loop is abandoned with it
 
 
 class ThreadRunner:
@@ -69,12 +81,13 @@ class ThreadRunner:
     def __init__(self, app: App, size: int, on_done: OnDone) -> None:
         self.app = app
         self.size = size
-        self.on_done = on_done
+        self._on_done = on_done
         self._inbox: queue_mod.SimpleQueue[ReservedJob | None] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
         self._async: AsyncLoop | None = None
+        self._stopped = False
 
     def submit(self, job: ReservedJob) -> None:
         with self._lock:
@@ -97,15 +110,30 @@ class ThreadRunner:
                 self._idle += 1
 
     def run_one(self, job: ReservedJob) -> None:
-        prepared = prepare(self.app.registry, job.queue, job.payload, _context(self.app, job))
-        if isinstance(prepared, Outcome):
-            self.on_done(job, prepared)
+        """Run ``job`` here (or hand an async task to the loop) and report it; never raises."""
+        task = ""
+        try:
+            prepared = prepare_job(self.app, job)
+            if isinstance(prepared, Outcome):
+                outcome = prepared
+            else:
+                task = prepared.task.name
+                if prepared.task.is_async:
+                    self._loop().submit(prepared, job, self._report)
+                    return
+                outcome = call(prepared)
+        except BaseException as exc:  # nothing above should raise; if it does, the job still fails
+            outcome = crashed(task, exc)
+        self._report(job, outcome)
+
+    def _report(self, job: ReservedJob, outcome: Outcome) -> None:
+        if self._stopped:  # the worker no longer acks: the job runs again after its lease
+            log.debug("job=%s finished after the runner stopped; not reported", job.job_id)
             return
-        _log_start(job, prepared.task.name)
-        if prepared.task.is_async:
-            self._loop().submit(prepared, job, self.on_done)
-            return
-        self.on_done(job, call(prepared))
+        try:
+            self._on_done(job, outcome)
+        except BaseException:
+            log.exception("reporting job=%s failed", job.job_id)
 
     def _loop(self) -> AsyncLoop:
         with self._lock:
@@ -114,72 +142,16 @@ class ThreadRunner:
             return self._async
 
     def stop(self) -> None:
-        for _ in self._threads:
+        """Let idle threads end and return within about STOP_WAIT_S; busy threads are abandoned."""
+        self._stopped = True
+        deadline = time.monotonic() + STOP_WAIT_S
+        threads = list(self._threads)
+        for _ in threads:
             self._inbox.put(None)
-        for thread in self._threads:
-            thread.join(timeout=1)
+        with self._lock:
+            idle = self._idle
+        if idle >= len(threads):  # all idle: each takes a None and ends at once
+            for thread in threads:
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         if self._async is not None:
-            self._async.stop()
-
-
-# -- process pool: the child imports the app by its "module:app" path ---------
-
-_child_app: App | None = None
-
-
-def _child_init(app_path: str, log_level: int, log_format: str | None) -> None:
-    global _child_app
-    import signal
-
-    from .app import load_app
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    # A spawned child starts with no logging set up: log like the parent, to the
-    # same inherited stderr.
-    logging.basicConfig(level=log_level, format=log_format or logging.BASIC_FORMAT)
-    _child_app = load_app(app_path)
-
-
-def _child_run(job_fields: tuple[Any, ...]) -> tuple[bool, str, str, bool]:
-    """Run one job in a child process; only strings and numbers cross the pipe."""
-    assert _child_app is not None
-    job = ReservedJob(*job_fields)
-    prepared = prepare(_child_app.registry, job.queue, job.payload, _context(_child_app, job))
-    if isinstance(prepared, PreparedCall):
-        _log_start(job, prepared.task.name)
-        if prepared.task.is_async:
-            outcome = asyncio.run(call_async(prepared))
-        else:
-            outcome = call(prepared)
-    else:
-        outcome = prepared
-    return outcome.ok, outcome.task, outcome.error, outcome.final
-
-
-class ProcessRunner:
-    """A pool of ``size`` child processes (spawned, so no locks or sockets are inherited)."""
-
-    def __init__(self, app_path: str, size: int, on_done: OnDone) -> None:
-        self.on_done = on_done
-        root = logging.getLogger()
-        log_format = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
-        self._pool = ProcessPoolExecutor(
-            max_workers=size, mp_context=get_context("spawn"),
-            initializer=_child_init, initargs=(app_path, log.getEffectiveLevel(), log_format))
-
-    def submit(self, job: ReservedJob) -> None:
-        fields = (job.queue, job.job_id, job.payload, job.lock_until_ms, job.attempt,
-                  job.max_attempts, job.gid, job.lease_token)
-        future = self._pool.submit(_child_run, fields)
-
-        def done(f: Future[tuple[bool, str, str, bool]]) -> None:
-            try:
-                outcome = Outcome(*f.result())
-            except BaseException as exc:  # the child died, or the pool broke
-                outcome = Outcome(False, "", f"worker process failed: {type(exc).__name__}: {exc}")
-            self.on_done(job, outcome)
-
-        future.add_done_callback(done)
-
-    def stop(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._async.stop(timeout=max(deadline - time.monotonic(), 0.05))
