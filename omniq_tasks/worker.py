@@ -36,7 +36,8 @@ from .execution import Outcome
 from .leases import Lease, Leases
 from .models import AckFailResult, QueuePaused, ReservedJob
 from .scripts import ScriptCall
-from .runners import ProcessRunner, ThreadRunner
+from .process_pool import ProcessRunner
+from .runners import ThreadRunner
 
 if TYPE_CHECKING:
     from .app import App
