@@ -37,7 +37,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 import redis
@@ -54,6 +54,7 @@ from omniq_tasks.errors import (
     TokenRequiredError,
 )
 from omniq_tasks.models import QueueEmpty, QueuePaused, ReservedJob
+from helpers_state import snapshot
 from redis_server import RedisServer
 
 QUEUES = ("qa", "qb")
@@ -74,8 +75,12 @@ STAT_FIELDS = ("waiting", "group_waiting", "waiting_total", "active", "delayed",
 TIME_FIELDS = ("last_activity_ms", "last_enqueue_ms", "last_reserve_ms", "last_finish_ms")
 QUEUE_KEY_SUFFIXES = re.compile(
     r"(wait|active|delayed|failed|completed|paused|groups:ready|has_groups|lane:rr|lease:seq|"
-    r"stats|wake|idx:(wait|active|delayed|failed|completed)|job:.+|g:.+:(wait|inflight|limit))"
+    r"stats|wake|idx:(wait|active|delayed|failed|completed)|job:.+|g:.+:(wait|inflight|limit)|"
+    r"rq:.+)"  # rq: replay memory of the batch scripts (the resend rule checks it)
 )
+
+# The batch scripts that answer a resent call (same replay tag) with their first answer.
+REPLAYABLE = ("reserve_batch", "ack_success_batch", "enqueue_batch")
 
 EXAMPLES_RUN = 0
 STEPS_RUN = 0
@@ -190,12 +195,28 @@ class OmniqMachine(RuleBasedStateMachine):
         self.r = redis.Redis(port=server.port, decode_responses=True)
         self.r.flushall()
         self.c = OmniqClient(server.url)
+        self.sent: dict[str, tuple[str, Sequence[Any], Any]] = {}  # last batch call per script
+        self._record_batch_calls()
         self.now = START_MS
         self.q = {name: QueueModel(name) for name in QUEUES}
         self.children_model = {key: ChildModel() for key in CHILD_KEYS}
         self.fresh = 0              # counter for fresh job ids
         self.step = 0               # invariant checks so far in this example
         self.last_heavy = -100      # step of the last burst or drain (they are rare)
+
+    def _record_batch_calls(self) -> None:
+        """Keep the last call (and answer) of each script that remembers its answers."""
+        call = self.c.scripts.call
+
+        def recording(name: str, anchor: str, args: Sequence[Any]) -> Any:
+            reply = call(name, anchor, args)
+            # A reserve that leased nothing is not remembered: sent again it looks
+            # again, and what it leases then reaches the caller (test_replay.py).
+            if name in REPLAYABLE and (name != "reserve_batch" or reply[0] == b"JOBS"):
+                self.sent[name] = (anchor, args, reply)
+            return reply
+
+        self.c.scripts.call = recording  # type: ignore[method-assign]
 
     def teardown(self) -> None:
         global EXAMPLES_RUN
@@ -982,6 +1003,28 @@ class OmniqMachine(RuleBasedStateMachine):
         assert states <= {"completed", "failed"}, states
         stats = self.c.stats(queue)
         assert stats.waiting_total == stats.active == stats.delayed == 0, stats
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(data=st.data())
+    def resend_a_batch_call(self, data: st.DataObject) -> None:
+        """The connection dropped after Redis ran the last batch call of a script, and
+        the caller sends the very same call again, any number of steps later: nothing
+        may change (the model is not touched, so the invariant compares Redis with it),
+        and acks and enqueues answer exactly what they answered the first time."""
+        name = data.draw(st.sampled_from(sorted(self.sent)), label="script")
+        anchor, args, first = self.sent[name]
+        before = {k: v for k, v in snapshot(self.r).items() if ":rq:" not in k}
+        again = self.c.scripts.call(name, anchor, args)
+        assert {k: v for k, v in snapshot(self.r).items() if ":rq:" not in k} == before
+        if name == "reserve_batch":
+            # The leases that call made which are still held, in the same order.
+            held = [again[i] for i in range(1, len(again) - 2, 3)] if again[0] == b"JOBS" else []
+            firsts = [first[i] for i in range(1, len(first) - 2, 3)] if first[0] == b"JOBS" else []
+            assert [j for j in firsts if j in held] == held
+            event(f"resend reserve_batch: {len(held)} of {len(firsts)} still held")
+        else:
+            assert again == first
+            event(f"resend {name}")
 
     # ----------------------------------------------------------------------------------
     # invariants
