@@ -115,8 +115,12 @@ def _text(value: Any) -> str:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """A stored number, or None when missing or unreadable ("inf", "1e999", junk from another client)."""
     text = _text(value)
-    return int(float(text)) if text else None
+    try:
+        return int(float(text)) if text else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -694,9 +698,10 @@ class OmniqClient:
                  "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
         return JobInfo(
             queue=queue, id=h.get("id", job_id), state=h.get("state", ""),
-            payload=h.get("payload", ""), attempt=int(h.get("attempt") or 0),
-            max_attempts=int(h.get("max_attempts") or 0), timeout_ms=int(h.get("timeout_ms") or 0),
-            backoff_ms=int(h.get("backoff_ms") or 0), gid=h.get("gid", ""),
+            payload=h.get("payload", ""), attempt=_int_or_none(h.get("attempt")) or 0,
+            max_attempts=_int_or_none(h.get("max_attempts")) or 0,
+            timeout_ms=_int_or_none(h.get("timeout_ms")) or 0,
+            backoff_ms=_int_or_none(h.get("backoff_ms")) or 0, gid=h.get("gid", ""),
             lease_token=h.get("lease_token", ""), last_error=h.get("last_error", ""),
             **{t: _int_or_none(h.get(t)) for t in times},
         )

@@ -216,3 +216,11 @@ def test_a_worker_says_loudly_at_start_when_redis_may_evict_jobs(
     finally:
         app.close()
         server.stop()
+
+
+def test_reading_a_job_with_corrupt_fields_shows_what_it_can(client: OmniqClient, r: redis.Redis) -> None:
+    client.publish(Q, {"a": 1}, job_id="a")
+    r.hset("{loop}:job:a", mapping={"attempt": "inf", "timeout_ms": "1e999", "due_ms": "junk"})
+    info = client.job(Q, "a")
+    assert info is not None and info.state == "wait"
+    assert (info.attempt, info.timeout_ms, info.due_ms) == (0, 0, None)
