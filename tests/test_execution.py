@@ -432,3 +432,56 @@ def test_job_context_heartbeat_after_the_lease_is_gone(client: OmniqClient, rese
     last = JobContext(client, queue="ctxq", job_id="job-1", attempt=2, max_attempts=2, gid="",
                       lease_token=reserved.lease_token, lock_until_ms=0, payload_raw="")
     assert last.is_last_attempt is True
+
+
+# -- nothing escapes: whatever decoding or a task raises becomes an Outcome -----------------
+
+
+class Exploding(msgspec.Struct):
+    n: int
+
+    def __post_init__(self) -> None:  # msgspec lets anything but TypeError/ValueError through
+        raise MemoryError("no memory left while decoding (simulated)")
+
+
+def test_a_decoder_crash_fails_the_job_for_good_naming_the_error(app: App) -> None:
+    @app.task(name="explodes", queue="boom", raw=True)
+    def explodes(value: Exploding) -> None:
+        raise AssertionError("never called")
+
+    outcome = prepare(app.registry, "boom", '{"n": 1}', no_context)
+    assert outcome == Outcome(False, "explodes", "payload could not be decoded: MemoryError: no memory left "
+                              "while decoding (simulated)", final=True)
+
+
+def test_a_payload_nested_100000_deep_fails_for_good(app: App) -> None:
+    deep = '{"task":"ship","args":' + "[" * 100_000 + "]" * 100_000 + "}"
+    outcome = prepare(app.registry, "jobs", deep, no_context)
+    assert isinstance(outcome, Outcome) and (outcome.ok, outcome.final) == (False, True)
+    assert outcome.error.startswith("payload could not be decoded: ") and len(outcome.error) < 300
+
+
+def test_str_raising_a_base_exception_is_still_described() -> None:
+    class Exiting(Exception):
+        def __str__(self) -> str:
+            raise SystemExit(1)  # `except Exception` around str() would let this through
+
+    try:
+        raise Exiting()
+    except Exiting as exc:
+        text = describe_exception(exc)
+    assert text.splitlines()[0].endswith(".<locals>.Exiting: <exception str() failed>")
+
+
+def test_a_task_raising_an_undescribable_base_exception_is_a_failed_outcome(app: App) -> None:
+    class Weird(BaseException):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    @app.task(name="weird")
+    def weird() -> None:
+        raise Weird()
+
+    outcome = call(prepared(app, '{"task":"weird","kwargs":{}}'))
+    assert (outcome.ok, outcome.task, outcome.final) == (False, "weird", False)
+    assert outcome.error.splitlines()[0].endswith(".<locals>.Weird: <exception str() failed>")

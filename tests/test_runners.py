@@ -470,3 +470,21 @@ def test_e2e_deep_payload_fails_for_good_and_the_only_slot_keeps_working(
         assert r.lrange("{" + queue + "}:failed", 0, -1) == [job_id]
     assert r.zcard("{pq}:active") == 0 and r.zcard("{rawq}:active") == 0
     assert worker.proc.poll() is None
+
+
+def test_e2e_grace_over_ends_busy_children_and_exits_promptly(
+        client: OmniqClient, r: redis.Redis, start_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    path = str(tmp_path / "n")
+    worker = start_worker("-Q", "pq", "--pool", "processes", "-c", "2", "--grace", "0.5")
+    publish(client, "stuck", "sleepy", path=path, tag="stuck", seconds=30)
+    pid = wait_note(tmp_path / "n", "stuck-start")
+    sent = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=8) == 0, worker.log()
+    took = time.monotonic() - sent
+    assert took < 4, f"exit took {took:.1f} s"
+    assert gone(pid, 1.0), "the busy child outlived its worker"
+    log = worker.log()
+    assert "grace period over" in log and "died" not in log
+    assert job_hash(r, "stuck")["state"] == "active"  # left to its lease, not charged
+    assert notes(tmp_path / "n") == [("stuck-start", pid)]
