@@ -159,6 +159,8 @@ class RedisServer:
                 with self.client(socket_timeout=1) as conn:
                     conn.ping()
                 return
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
+                return  # a server with a password (--requirepass) answers: it is up
             except redis.ConnectionError:
                 time.sleep(0.02)
         self.stop()

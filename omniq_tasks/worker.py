@@ -36,6 +36,7 @@ from .execution import Outcome
 from .leases import Lease, Leases
 from .models import AckFailResult, QueuePaused, ReservedJob
 from .scripts import ScriptCall
+from .urls import redact_url
 from .process_pool import ProcessRunner
 from .runners import ThreadRunner
 
@@ -385,8 +386,8 @@ class Worker:
         self._install_signals()
         log.info("worker for app %s: queues %s, concurrency %d", self.app.name,
                  ",".join(self.queues), self.concurrency)
-        self._check_eviction()
         try:
+            self._check_access()
             while not self._stopping.is_set():
                 try:
                     started = self._step(time.monotonic())
@@ -405,6 +406,20 @@ class Worker:
             return self._finish()
         finally:
             self.runner.stop()
+
+    def _check_access(self) -> None:
+        """Fail at start on what waiting cannot fix: a wrong password or user, a certificate
+        that does not verify. A Redis that is not up yet is waited for, as in an outage."""
+        try:
+            self.client.redis.ping()
+        except (redis_lib.AuthenticationError, redis_lib.exceptions.AuthorizationError) as exc:
+            raise OmniqError(f"redis at {redact_url(self.app.redis_url)} refused this worker: {exc}") from None
+        except redis_lib.ConnectionError as exc:
+            if "certificate verify failed" in str(exc):
+                raise OmniqError(f"cannot use redis at {redact_url(self.app.redis_url)}: {exc}") from None
+        except redis_lib.RedisError:  # e.g. an ACL without PING: the loop shows what else fails
+            pass
+        self._check_eviction()
 
     def _check_eviction(self) -> None:
         """Say loudly when Redis may evict keys: eviction deletes jobs without a trace."""

@@ -224,3 +224,42 @@ def test_reading_a_job_with_corrupt_fields_shows_what_it_can(client: OmniqClient
     info = client.job(Q, "a")
     assert info is not None and info.state == "wait"
     assert (info.attempt, info.timeout_ms, info.due_ms) == (0, 0, None)
+
+
+def test_a_certificate_that_does_not_verify_stops_the_worker_at_start(tmp_path: Any) -> None:
+    from omniq_tasks.errors import OmniqError
+    from omniq_tasks.testing import make_ca
+
+    server = RedisServer(tls=True)
+    other = make_ca(tmp_path, "other-ca")
+    app = App("loop", f"rediss://:secret@127.0.0.1:{server.port}/0?ssl_ca_certs={other.cert}", queue=Q)
+
+    @app.task
+    def nothing() -> None: ...
+
+    try:
+        worker = Worker(app)
+        with pytest.raises(OmniqError, match="certificate verify failed") as caught:
+            worker.run()
+        assert "secret" not in str(caught.value)
+    finally:
+        app.close()
+        server.stop()
+
+
+def test_a_wrong_password_stops_the_worker_at_start() -> None:
+    from omniq_tasks.errors import OmniqError
+
+    server = RedisServer("--requirepass", "right-one")
+    app = App("loop", f"redis://:wrong-one@127.0.0.1:{server.port}/0", queue=Q)
+
+    @app.task
+    def nothing() -> None: ...
+
+    try:
+        with pytest.raises(OmniqError, match="refused this worker") as caught:
+            Worker(app).run()
+        assert "wrong-one" not in str(caught.value)
+    finally:
+        app.close()
+        server.stop()
