@@ -333,10 +333,11 @@ def specs(task: Any, calls: Iterable[Any], **options: Any) -> list[JobSpec]:
 def publish(client: OmniqClient, queue: str, jobs: Sequence[JobSpec], pub: Published, *,
             chunk: int = 500, retry_for_s: float = 30.0) -> None:
     """Publish in chunks; a chunk whose call failed is sent again (same ids, so a replay
-    is refused as EXISTS) until it is acknowledged or ``retry_for_s`` passes."""
+    is refused as EXISTS). Gives up (raises) once calls have failed for ``retry_for_s``
+    in all: a server that is gone must fail the test, not hang it."""
+    deadline = time.monotonic() + retry_for_s
     for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
-        deadline = time.monotonic() + retry_for_s
         while True:
             try:
                 client.enqueue_many(queue, part)
@@ -346,7 +347,8 @@ def publish(client: OmniqClient, queue: str, jobs: Sequence[JobSpec], pub: Publi
                 pub.maybe.update(s.job_id for s in part if s.job_id not in pub.queue_of)
                 pub.errors.append(f"{type(exc).__name__}: {exc}")
                 if time.monotonic() > deadline:
-                    break
+                    raise AssertionError(f"publishing to {queue} kept failing for {retry_for_s:.0f} s: "
+                                         f"{pub.errors[-1]}") from exc
                 time.sleep(0.05)
 
 
@@ -425,6 +427,7 @@ class Result:
     ended_twice: int = 0
     job_overlaps: int = 0
     rerun_after_ok: int = 0
+    leases_without_run: int = 0
     notes: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     tolerated: list[str] = field(default_factory=list)
@@ -604,6 +607,8 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
             violate(RERUN_AFTER_ACK, f"{job_id}: {len(after_ack)} run(s) started after it had "
                                      f"{'completed' if after_ack[0].prior == 'C' else 'failed'}")
         attempts = [run.attempt for run in job_runs]
+        final_attempt = int(hashes.get(job_id, [None, None])[1] or 0)
+        res.leases_without_run += max(max(attempts), final_attempt) - len(set(attempts))
         if len(attempts) != len(set(attempts)):
             res.run_after_ack += len(attempts) - len(set(attempts))
             violate(RERUN_AFTER_ACK, f"{job_id}: one lease ran twice (attempts {attempts})")
@@ -631,6 +636,11 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
     if group_intervals:
         limit_text = "/".join(str(limits[q]) for q in sorted(limits) if q in queues) or "?"
         res.max_group = f"{busiest[0]} ({limit_text})"
+    for job_id in all_ids:  # jobs with no run at all: every attempt was a lease without a run
+        if job_id not in runs:
+            res.leases_without_run += int(hashes[job_id][1] or 0)
+    if res.leases_without_run:
+        res.notes.append(f"{res.leases_without_run} lease(s) that never started a body")
     if res.rerun_after_ok:
         res.notes.append(f"{res.rerun_after_ok} rerun(s) of a body that had returned ok (ack not applied)")
     if res.job_overlaps:
@@ -643,7 +653,7 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
 
 
 def finish(r: redis.Redis, fault: str, pub: Published, ledger: Path, workers: Workers, *,
-           settle_s: float = 60.0, **kwargs: Any) -> Result:
+           settle_s: float = 60.0, record: bool = True, **kwargs: Any) -> Result:
     """Wait until the queues are settled, stop the workers, check, record the row."""
     queues = sorted(set(pub.queue_of.values()))
     settled = wait_settled(r, queues, settle_s)
@@ -653,7 +663,8 @@ def finish(r: redis.Redis, fault: str, pub: Published, ledger: Path, workers: Wo
     if not settled:
         notes.append(f"not settled within {settle_s:.0f} s")
     res = check(r, fault, pub, ledger, notes=notes, **kwargs)
-    res.record()
+    if record:
+        res.record()
     return res
 
 

@@ -95,7 +95,7 @@ def build(app: App) -> dict[str, Any]:
     """Register the ledger tasks on ``app``; returns them by short name."""
 
     @app.task(name="ledger.work", queue=Q_WORK)
-    def work(ctx: JobContext, n: int, sleep_ms: int = 0, fail_times: int = 0) -> None:
+    def work(ctx: JobContext, n: int, sleep_ms: int = 0, fail_times: int = 0, pad: str = "") -> None:
         with Run(ctx):
             if sleep_ms:
                 time.sleep(sleep_ms / 1000)

@@ -223,7 +223,7 @@ for i in range(10):
 
 
 def test_client_clock_skewed_by_minutes(redis_proc: Callable[..., RedisProc], workers: Workers,
-                                        ledger: Path, tmp_path: Path) -> None:
+                                        ledger: Path, workdir: Path) -> None:
     """One worker's wall clock runs 5 minutes ahead, the other's 5 minutes behind (a
     sitecustomize shifts time.time/time_ns); producers with the same skews publish
     jobs with a 0.5 s countdown. 1 s leases, some bodies of 2.5 s that only survive
@@ -231,7 +231,7 @@ def test_client_clock_skewed_by_minutes(redis_proc: Callable[..., RedisProc], wo
     early: no job runs twice at once), and the countdown jobs run within seconds."""
     server = redis_proc()
     app, t = ledger_app(server.url, timeout_ms=1000)
-    shim = tmp_path / "skew"
+    shim = workdir / "skew"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SKEW)
     queues = f"{Q_WORK},{Q_GROUPED}"
