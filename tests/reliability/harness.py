@@ -492,7 +492,7 @@ def wait_settled(r: redis.Redis, queues: Iterable[str], timeout: float,
 
 def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
           group_limits: dict[str, int] | None = None, tolerate: Iterable[str] = (),
-          notes: Iterable[str] = ()) -> Result:
+          notes: Iterable[str] = (), frozen: Sequence[tuple[int, float]] = ()) -> Result:
     """The one checker: reads the ledger and Redis and checks every invariant.
 
     * every published job ended exactly once, in completed or failed, and nothing is
@@ -503,6 +503,10 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
       the hash keeps, and no lease (job, attempt) ran twice;
     * no two runs of one job overlapped, and no group ran more than its limit at once;
     * the failed counter in ``{Q}:stats`` equals the failed lane.
+
+    ``frozen`` lists (pid, SIGSTOP time in ms): a run of that pid that had started
+    before the stop and ended after it is frozen mid-body, so finding the job
+    completed when its start line was written is not a run after the ack.
 
     ``tolerate`` names invariants the fault legitimately breaks: they are reported
     in the row's notes, not counted as violations. Completed job hashes beyond the
@@ -601,11 +605,17 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
         if job_id not in queue_of:
             violate("unknown", f"{job_id}: ran but was never published")
             continue
-        after_ack = [run for run in job_runs if run.prior in ("C", "F")]
+        after_ack = [run for run in job_runs if run.prior in ("C", "F")
+                     and not any(pid == run.pid and run.start < stop_ms and (run.end or 0) > stop_ms
+                                 for pid, stop_ms in frozen)]
         if after_ack:
             res.run_after_ack += len(after_ack)
-            violate(RERUN_AFTER_ACK, f"{job_id}: {len(after_ack)} run(s) started after it had "
-                                     f"{'completed' if after_ack[0].prior == 'C' else 'failed'}")
+            shown = ", ".join(f"attempt {run.attempt} pid {run.pid} at {run.start:.0f}" for run in after_ack)
+            history = "; ".join(f"attempt {run.attempt} pid {run.pid} {run.start:.0f}-"
+                                f"{run.end if run.end is None else round(run.end)} {run.ok}" for run in job_runs)
+            violate(RERUN_AFTER_ACK, f"{job_id}: run(s) started after it had "
+                                     f"{'completed' if after_ack[0].prior == 'C' else 'failed'}: {shown} "
+                                     f"(all runs: {history}; hash: {hashes.get(job_id)})")
         attempts = [run.attempt for run in job_runs]
         final_attempt = int(hashes.get(job_id, [None, None])[1] or 0)
         res.leases_without_run += max(max(attempts), final_attempt) - len(set(attempts))
@@ -637,7 +647,7 @@ def check(r: redis.Redis, fault: str, pub: Published, ledger: Path, *,
         limit_text = "/".join(str(limits[q]) for q in sorted(limits) if q in queues) or "?"
         res.max_group = f"{busiest[0]} ({limit_text})"
     for job_id in all_ids:  # jobs with no run at all: every attempt was a lease without a run
-        if job_id not in runs:
+        if job_id not in runs and job_id not in pub.bad:
             res.leases_without_run += int(hashes[job_id][1] or 0)
     if res.leases_without_run:
         res.notes.append(f"{res.leases_without_run} lease(s) that never started a body")

@@ -78,8 +78,8 @@ class Run:
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
         self.gid = ctx.gid or "-"
+        self.start = now_ms()  # before the look-up: a freeze during it must not hide an earlier start
         prior = _prior(ctx)
-        self.start = now_ms()
         _write(f"{ctx.job_id} {ctx.attempt} {self.start:.3f} - {os.getpid()} S {self.gid} {prior}\n")
 
     def __enter__(self) -> Run:

@@ -210,7 +210,6 @@ def test_debug_sleep_longer_than_the_leases(redis_proc: Callable[..., RedisProc]
     res = finish(server.client(), "DEBUG SLEEP 3 s with 1 s leases", pub, ledger, workers,
                  group_limits=LIMITS, tolerate=[JOB_OVERLAP, GROUP_OVER_LIMIT])
     res.assert_ok(workers.logs())
-    assert all(w.alive() for w in workers.all) or True
 
 
 def is_full(error: str) -> bool:
