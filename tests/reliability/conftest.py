@@ -31,7 +31,7 @@ def _summary_file() -> Iterator[None]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     path = report_path()
-    if _rows_written and path.exists():
+    if _rows_written and path.exists() and len(path.read_text().splitlines()) > 3:  # rows past the header
         terminalreporter.write_sep("=", f"fault suite summary ({path})")
         terminalreporter.write_line(path.read_text())
 

@@ -24,6 +24,8 @@ from reliability.harness import (GROUP_OVER_LIMIT, JOB_OVERLAP, SOAK, HERE, Publ
 from reliability.ledger_app import Q_GROUPED, Q_POISON, Q_WORK, build
 
 LIMITS = {Q_GROUPED: 2}
+# SIGKILL test: the 5,000 jobs by default, four times as many with OMNIQ_SOAK=1.
+PLAIN, GROUPED = (16_000, 4_000) if SOAK else (4_000, 1_000)
 
 
 def ledger_app(url: str, **options: Any) -> tuple[App, dict[str, Any]]:
@@ -45,11 +47,11 @@ def test_sigkill_every_second_three_workers_5000_jobs(
         w.wait_ready()
     pub = Published()
     # 100 ms bodies: 5,000 of them keep 48 slots busy for about 10 s.
-    publish(app.client, Q_WORK, specs(t["work"], ({"n": i, "sleep_ms": 100} for i in range(4000))), pub)
+    publish(app.client, Q_WORK, specs(t["work"], ({"n": i, "sleep_ms": 100} for i in range(PLAIN))), pub)
     publish(app.client, Q_GROUPED, specs(t["grouped"], ({"g": str(i % 20), "n": i, "sleep_ms": 100}
-                                                        for i in range(1000))), pub)
+                                                        for i in range(GROUPED))), pub)
     kills = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + (600 if SOAK else 120)
     r = server.client()
     while lanes_busy(r, [Q_WORK, Q_GROUPED]) and time.monotonic() < deadline:
         time.sleep(1.0)
@@ -57,7 +59,7 @@ def test_sigkill_every_second_three_workers_5000_jobs(
         victim.kill()
         kills += 1
         live.append(workers.start(server.url, "-Q", queues, "-c", "16", ready=False))
-    res = finish(r, "SIGKILL a worker every second (3 workers, 5,000 jobs)", pub, ledger, workers,
+    res = finish(r, f"SIGKILL a worker every second (3 workers, {PLAIN + GROUPED:,} jobs)", pub, ledger, workers,
                  group_limits=LIMITS, notes=[f"{kills} SIGKILLs"])
     assert kills >= 3, "the jobs ran before the fault could act: make them longer"
     res.assert_ok(workers.logs())
