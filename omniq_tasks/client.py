@@ -10,6 +10,7 @@ explicit clock.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -36,6 +37,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 # Wake-up tokens kept per queue at most: enough to wake that many idle workers.
 DEFAULT_WAKE_CAP = 64
 ENQUEUE_CHUNK = 1000
+# How long a measured offset between our clock and the server's is trusted.
+CLOCK_CHECK_S = 60.0
 _json_encode = msgspec.json.Encoder().encode
 # What follows the id in a batch reply entry (never a reason word).
 _ITEM_STATUSES = ("OK", "ERR")
@@ -279,6 +282,7 @@ class OmniqClient:
             raise TypeError(f"redis must be a URL or a redis-py client, not {type(redis).__name__}")
         self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
         self.scripts = Scripts(self.redis)
+        self._clock: tuple[float, float] | None = None  # (server ms - our ms, when measured)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -558,6 +562,23 @@ class OmniqClient:
             "reap_expired", keys.queue_anchor(queue), now_ms,
             _check_int("max_reap", max_reap, 1)), queue)
         return int(reply[1])
+
+    # -- the server clock ----------------------------------------------------------------
+
+    def server_now_ms(self) -> int:
+        """The Redis server's clock now, in epoch ms: the clock leases and due times follow.
+
+        Our clock plus an offset measured with one TIME round trip, again after
+        CLOCK_CHECK_S, so a countdown costs no round trip of its own.
+        """
+        now = time.monotonic()
+        if self._clock is None or now - self._clock[1] > CLOCK_CHECK_S:
+            before = time.time()
+            with redis_errors(self.url):
+                seconds, micros = self.redis.time()
+            after = time.time()
+            self._clock = (int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500, now)
+        return int(time.time() * 1000 + self._clock[0])
 
     # -- calls for batching (the worker sends several in one round trip) ------------
 

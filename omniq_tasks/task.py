@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 import typing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar, Union
@@ -34,8 +33,12 @@ GidRule = Union[str, Callable[..., str], None]
 _MAX_DUE_MS = 253_402_300_799_999
 
 
-def _due_ms(countdown: float | None, eta: datetime | float | None) -> int:
-    """Epoch ms for countdown (seconds from now) or eta (aware datetime or epoch seconds)."""
+def _due_ms(countdown: float | None, eta: datetime | float | None, server_now_ms: Callable[[], int]) -> int:
+    """Epoch ms for countdown (seconds from now) or eta (aware datetime or epoch seconds).
+
+    A countdown counts from the Redis server's clock, which also decides when the job
+    is due: a producer whose own clock is minutes off still gets the delay it asked for.
+    """
     if countdown is not None and eta is not None:
         raise InvalidOptionError("pass countdown or eta, not both")
     if countdown is not None:
@@ -43,7 +46,9 @@ def _due_ms(countdown: float | None, eta: datetime | float | None) -> int:
             raise InvalidOptionError(f"countdown must be seconds (int or float), not {type(countdown).__name__}")
         if not countdown >= 0:  # NaN fails this too
             raise InvalidOptionError(f"countdown must be >= 0 seconds, got {countdown}")
-        return _checked_due("countdown", countdown, time.time() + countdown)
+        if not countdown <= _MAX_DUE_MS / 1000:  # refused before Redis is asked the time
+            raise InvalidOptionError(f"countdown={countdown!r} is not a time between 1970 and year 9999")
+        return _checked_due("countdown", countdown, server_now_ms() / 1000 + countdown)
     if eta is None:
         return 0
     if isinstance(eta, datetime):
@@ -168,7 +173,7 @@ class Task(Generic[P, R]):
         """Queue a run with per-call options; arguments are checked before Redis is touched."""
         target = validate_queue(queue) if queue is not None else self.queue
         spec = self.prepare(
-            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta), gid=gid,
+            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()), gid=gid,
             group_limit=group_limit, job_id=job_id, max_attempts=max_attempts,
             timeout_ms=timeout_ms, backoff_ms=backoff_ms)
         client = self.app.client

@@ -263,3 +263,15 @@ def test_a_wrong_password_stops_the_worker_at_start() -> None:
     finally:
         app.close()
         server.stop()
+
+
+def test_a_countdown_counts_from_the_server_clock_not_the_producers(
+        app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    @app.task
+    def later() -> None: ...
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 300)  # this producer runs 5 minutes ahead
+    handle = later.apply_async(countdown=2)
+    due = int(r.hget(f"{{loop}}:job:{handle.id}", "due_ms") or 0)
+    assert abs(due - (server_ms(r) + 2000)) < 500
