@@ -134,19 +134,16 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-# A job field the worker must turn into a number, sane or not (another client may
-# have written "1e20" or "inf"): whole numbers below 2**53 (exact in Lua and JSON).
-_MAX_FIELD = 2**53
-
-
-def _field_int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"job field {name}={text!r} is not a whole number") from None
-    if not 0 <= value < _MAX_FIELD:
-        raise ValueError(f"job field {name}={text!r} is out of range")
-    return value
+def _field_problem(fields: dict[str, str]) -> str:
+    """Which of a lease's numbers cannot be read, and why (a field another client wrote
+    as "1e20" or "inf"); the stored fields first, since a bad timeout_ms makes
+    lock_until_ms bad too."""
+    for name, text in fields.items():
+        try:
+            int(text)
+        except ValueError:
+            return f"job field {name}={text!r} is not a whole number"
+    return "job fields are unreadable"
 
 
 class CorruptLease(msgspec.Struct, frozen=True):
@@ -168,13 +165,13 @@ def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[Corrup
     for i in range(1, len(reply) - 2, 3):
         job_id, payload = _text(reply[i]), _text(reply[i + 1])
         lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
-        try:  # the stored fields first: a bad timeout_ms makes lock_until_ms bad too
-            timeout_ms, attempt_n = _field_int("timeout_ms", timeout), _field_int("attempt", attempt)
-            max_n = _field_int("max_attempts", max_attempts)
-            jobs.append(ReservedJob(queue, job_id, payload, _field_int("lock_until_ms", lock_until), attempt_n,
-                                    max_n, gid, token, timeout_ms))
-        except ValueError as exc:
-            corrupt.append(CorruptLease(ReservedJob(queue, job_id, payload, 0, 0, 1, gid, token, 0), str(exc)))
+        try:  # Lua writes numbers of 1e14 and more with an exponent: int() refuses those too
+            jobs.append(ReservedJob(queue, job_id, payload, int(lock_until), int(attempt), int(max_attempts),
+                                    gid, token, int(timeout)))
+        except ValueError:
+            problem = _field_problem({"timeout_ms": timeout, "attempt": attempt,
+                                      "max_attempts": max_attempts, "lock_until_ms": lock_until})
+            corrupt.append(CorruptLease(ReservedJob(queue, job_id, payload, 0, 0, 1, gid, token, 0), problem))
     return jobs, corrupt
 
 

@@ -57,10 +57,12 @@ class Leases:
 
     def add(self, job: ReservedJob, now: float) -> Lease:
         """A job just leased: its lock is ``timeout_ms`` past the server clock of the reply."""
-        timeout = job.timeout_ms or 30_000
-        lease = Lease(job, now, renew_at(now, job.lock_until_ms, job.lock_until_ms - timeout, timeout))
+        # renew_at() with the server clock at lock_until_ms - timeout, inlined: this runs per job.
+        left_s = (job.timeout_ms or 30_000) * (1 - RENEW_WHEN_LEFT) / 1000.0
+        lease = Lease(job, now, now + (left_s if left_s > MIN_RENEW_S else MIN_RENEW_S))
         self._held[job.job_id] = lease
-        self.next_due = min(self.next_due, lease.renew_at)
+        if lease.renew_at < self.next_due:
+            self.next_due = lease.renew_at
         return lease
 
     def pop(self, job_id: str) -> Lease | None:
