@@ -55,6 +55,18 @@ local function stat_add(field, delta)
   pending_stats[field] = (pending_stats[field] or 0) + delta
 end
 
+-- The same goes for the writes every leased or finished job makes to a shared key
+-- (K_ACTIVE, the idx:* mirrors, K_COMPLETED, lease:seq): they are collected and made
+-- with one command per key at the end (flush_lanes, from flush_stats), so a batch of
+-- 32 leases costs one ZADD, not 32. Nothing reads those keys back in the same script
+-- after writing them, so the state at the end is the same.
+local active_adds = {}     -- score, id, ... for K_ACTIVE
+local idx_adds = {}        -- lane -> {score, id, ...}
+local idx_rems = {}        -- lane -> {id, ...}
+local completed_ids = {}   -- ids for one LPUSH on K_COMPLETED, oldest first
+local lease_seq = nil      -- the last lease sequence number handed out
+local lease_seq_pending = 0
+
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds, read once per script, with
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.

@@ -57,7 +57,59 @@ local function stat_add(field, delta)
   pending_stats[field] = (pending_stats[field] or 0) + delta
 end
 
+-- The same goes for the writes every leased or finished job makes to a shared key
+-- (K_ACTIVE, the idx:* mirrors, K_COMPLETED, lease:seq): they are collected and made
+-- with one command per key at the end (flush_lanes, from flush_stats), so a batch of
+-- 32 leases costs one ZADD, not 32. Nothing reads those keys back in the same script
+-- after writing them, so the state at the end is the same.
+local active_adds = {}     -- score, id, ... for K_ACTIVE
+local idx_adds = {}        -- lane -> {score, id, ...}
+local idx_rems = {}        -- lane -> {id, ...}
+local completed_ids = {}   -- ids for one LPUSH on K_COMPLETED, oldest first
+local lease_seq = nil      -- the last lease sequence number handed out
+local lease_seq_pending = 0
+
+local function idx_later(pending, lane, ...)
+  local t = pending[lane]
+  if not t then
+    t = {}
+    pending[lane] = t
+  end
+  for _, v in ipairs({...}) do t[#t + 1] = v end
+end
+
+-- One command per 4000 values (an even number: ZADD's score, member pairs stay
+-- whole), since unpack() of a very long list fails (a reap may end thousands).
+local function call_spread(command, key, values)
+  local reply
+  for i = 1, #values, 4000 do
+    reply = redis.call(command, key, unpack(values, i, math.min(i + 3999, #values)))
+  end
+  return reply
+end
+
+local function flush_lanes()
+  if #active_adds > 0 then
+    call_spread("ZADD", K_ACTIVE, active_adds)
+    active_adds = {}
+  end
+  for _, lane in ipairs({"wait", "active", "delayed", "failed", "completed"}) do
+    if idx_rems[lane] then call_spread("ZREM", idx_key(lane), idx_rems[lane]) end
+    if idx_adds[lane] then call_spread("ZADD", idx_key(lane), idx_adds[lane]) end
+  end
+  idx_rems, idx_adds = {}, {}
+  if #completed_ids > 0 then
+    completed_len = call_spread("LPUSH", K_COMPLETED, completed_ids)
+    completed_ids = {}
+  end
+  if lease_seq_pending > 0 then
+    redis.call("INCRBY", base .. ":lease:seq", lease_seq_pending)
+    lease_seq_pending = 0
+  end
+end
+
 local function flush_stats()
+  flush_lanes()
   for field, delta in pairs(pending_stats) do
     if delta ~= 0 and redis.call("HINCRBY", K_STATS, field, delta) < 0 then
       redis.call("HSET", K_STATS, field, "0")
@@ -132,7 +184,15 @@ local function lease(job_id, now)
     local t = redis.call("TIME")
     token_salt = t[1] .. "." .. t[2]
   end
-  local seq = redis.call("INCR", base .. ":lease:seq")
+  -- The first lease of a script takes its number with INCR; later ones count on
+  -- from it and flush_lanes adds them to lease:seq with one INCRBY.
+  if lease_seq == nil then
+    lease_seq = redis.call("INCR", base .. ":lease:seq")
+  else
+    lease_seq = lease_seq + 1
+    lease_seq_pending = lease_seq_pending + 1
+  end
+  local seq = lease_seq
   local token = redis.sha1hex(job_id .. ":" .. now .. ":" .. seq .. ":" .. token_salt)
   if not f[6] or f[6] == "" then
     redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
@@ -141,9 +201,10 @@ local function lease(job_id, now)
     redis.call("HSET", k_job, "state", "active", "attempt", attempt, "lock_until_ms", lock_until,
       "lease_token", token, "last_started_ms", now, "updated_ms", now)
   end
-  redis.call("ZADD", K_ACTIVE, lock_until, job_id)
-  redis.call("ZREM", idx_key("wait"), job_id)
-  redis.call("ZADD", idx_key("active"), now, job_id)
+  active_adds[#active_adds + 1] = lock_until
+  active_adds[#active_adds + 1] = job_id
+  idx_later(idx_rems, "wait", job_id)
+  idx_later(idx_adds, "active", now, job_id)
   stat_add("active", 1)
   return {"JOB", job_id, f[1] or "", tostring(lock_until), tostring(attempt),
     tostring(to_int(f[3])), f[5] or "", token}, timeout
