@@ -290,7 +290,7 @@ class Suite:
         return OfficialClient(redis=redis.Redis(port=self.port, decode_responses=True))
 
     def publish_single_peer(self, n: int) -> float:
-        from omniq_tasks import new_job_id
+        from omniq_tasks.ids import new_job_id
         self.flush()
         client = self.official_client()
         name = self.bench_app.noop.name
@@ -519,7 +519,7 @@ class Suite:
                             f"latency ms: {', '.join(f'{v:.0f}' for v in values)}")
 
     def latency_peer(self) -> None:
-        from omniq_tasks import new_job_id
+        from omniq_tasks.ids import new_job_id
         self.flush()
         queue = "bench-lat-peer"
         log_name = "peer-latency.log"

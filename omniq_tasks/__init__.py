@@ -1,25 +1,24 @@
-"""omniq-tasks: typed Python tasks on the OmniQ v1 protocol (Redis + Lua)."""
+"""omniq-tasks: typed Python tasks on the OmniQ v1 protocol (Redis + Lua).
+
+The top level holds what an application uses. The rest has one home each:
+every exception in :mod:`omniq_tasks.errors`, the low-level client's results in
+:mod:`omniq_tasks.models`, defaults and limits in :mod:`omniq_tasks.defaults`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
 
 from .app import App
-from .arguments import TaskArgumentError, TaskDefinitionError
-from .client import OmniqClient, connect
-from .ids import new_job_id
+from .client import JobSpec, OmniqClient, job_spec
 from .context import JobContext
 from .errors import (
-    AlreadyInitializedError, BackendError, BadArgsError, BadExpectedError, BadJobIdError, BadLaneError,
-    BatchTooLargeError, ChildRequiredError, InvalidNameError, JobActiveError, LaneMismatchError,
-    LeaseLostError, NoCounterError, NoExpectedError, NoJobError, NotActiveError, NotFailedError,
-    InvalidOptionError, NotInLaneError, OmniqConnectionError, OmniqError, OmniqTimeoutError,
-    PayloadError, PayloadTooLargeError, ProtocolError, RedisCommandError, RedisFullError,
-    TokenMismatchError, TokenRequiredError, UnexpectedReplyError,
+    BackendError, InvalidNameError, OmniqConnectionError, OmniqError, PayloadError, ProtocolError,
+    RedisFullError, TaskArgumentError,
 )
-from .models import (
-    AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
-    ReservedJob, ReserveResult,
-)
-from .registry import DuplicateTaskError
-from .results import JobHandle
-from .scripts import scripts_dir
+from .results import JobHandle, JobStatus
 from .task import Task
 from .worker import Worker
 
@@ -27,20 +26,30 @@ __version__ = "0.1.0"
 
 __all__ = [
     # tasks
-    "App", "Task", "JobContext", "JobHandle", "Worker",
-    "TaskArgumentError", "TaskDefinitionError", "DuplicateTaskError",
-    # client
-    "OmniqClient", "connect", "new_job_id", "scripts_dir",
-    # results
-    "AckFailResult", "BatchItem", "JobInfo", "Published", "QueueEmpty", "QueuePaused",
-    "QueueStats", "ReservedJob", "ReserveResult",
-    # errors
-    "OmniqError", "InvalidNameError", "PayloadError", "PayloadTooLargeError", "ProtocolError",
-    "UnexpectedReplyError", "LeaseLostError", "TokenRequiredError", "TokenMismatchError",
-    "NotActiveError", "NoJobError", "NotFailedError", "JobActiveError", "LaneMismatchError",
-    "NotInLaneError", "BatchTooLargeError", "BadArgsError", "BadLaneError", "BadJobIdError",
-    "NoExpectedError", "BadExpectedError", "AlreadyInitializedError", "ChildRequiredError",
-    "NoCounterError", "InvalidOptionError", "BackendError", "OmniqConnectionError",
-    "OmniqTimeoutError", "RedisFullError", "RedisCommandError",
+    "App", "Task", "JobContext", "JobHandle", "JobStatus", "Worker",
+    # the low-level client and what its enqueue_many takes
+    "OmniqClient", "JobSpec", "job_spec",
+    # the error roots and the errors an application meets most
+    "OmniqError", "ProtocolError", "BackendError", "PayloadError", "TaskArgumentError",
+    "InvalidNameError", "OmniqConnectionError", "RedisFullError",
     "__version__",
 ]
+
+# Names the top level used to export, and the module that holds each now.
+_MOVED = {
+    **dict.fromkeys(("AckFailResult", "BatchItem", "JobInfo", "Published", "QueueEmpty", "QueuePaused",
+                     "QueueStats", "ReservedJob", "ReserveResult"), "models"),
+    "connect": "client", "new_job_id": "ids", "scripts_dir": "scripts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Old imports (``from omniq_tasks import LeaseLostError``) keep working, with a warning."""
+    module = _MOVED.get(name) or ("errors" if name.endswith("Error") else None)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        if value is not None:
+            warnings.warn(f"import {name} from omniq_tasks.{module}; the top level no longer exports it",
+                          DeprecationWarning, stacklevel=2)
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

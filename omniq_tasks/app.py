@@ -10,7 +10,9 @@ from typing import Any, Callable, Protocol, TypeVar, overload
 
 from typing_extensions import Concatenate, ParamSpec
 
-from .client import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_WAKE_CAP, OmniqClient, _check_int
+from . import defaults
+from .defaults import check_int
+from .client import OmniqClient
 from .context import JobContext
 from .keys import validate_queue
 from .registry import Registry
@@ -19,9 +21,6 @@ from .urls import redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-REDIS_URL_ENV = "OMNIQ_TASKS_REDIS_URL"
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 class TaskDecorator(Protocol):
@@ -47,23 +46,23 @@ class App:
         name: str,
         redis_url: str | None = None,
         *,
-        queue: str = "default",
-        max_attempts: int = 3,
-        timeout_ms: int = 30_000,
-        backoff_ms: int = 5_000,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        queue: str = defaults.QUEUE,
+        max_attempts: int = defaults.MAX_ATTEMPTS,
+        timeout_ms: int = defaults.TIMEOUT_MS,
+        backoff_ms: int = defaults.BACKOFF_MS,
+        max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES,
         cluster: bool = False,
-        wake_cap: int = DEFAULT_WAKE_CAP,
+        wake_cap: int = defaults.WAKE_CAP,
     ) -> None:
         self.name = name
-        self.redis_url = redis_url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+        self.redis_url = redis_url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
         self.queue = validate_queue(queue)
-        self.max_attempts = _check_int("max_attempts", max_attempts, 1)
-        self.timeout_ms = _check_int("timeout_ms", timeout_ms, 1)
-        self.backoff_ms = _check_int("backoff_ms", backoff_ms, 0)
-        self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
+        self.max_attempts = check_int("max_attempts", max_attempts, 1)
+        self.timeout_ms = check_int("timeout_ms", timeout_ms, 1)
+        self.backoff_ms = check_int("backoff_ms", backoff_ms, 0)
+        self.max_payload_bytes = check_int("max_payload_bytes", max_payload_bytes, 2)
         self.cluster = cluster
-        self.wake_cap = _check_int("wake_cap", wake_cap, 0)
+        self.wake_cap = check_int("wake_cap", wake_cap, 0)
         self.registry = Registry()
         self._client: OmniqClient | None = None
         self._client_lock = threading.Lock()
@@ -142,11 +141,11 @@ class App:
                 name=name or f"{func.__module__}.{func.__qualname__}",
                 queue=self.queue if queue is None else queue,  # "" is refused, not the default
                 gid=gid,
-                group_limit=_check_int("group_limit", group_limit, 0),
+                group_limit=check_int("group_limit", group_limit, 0),
                 max_attempts=self.max_attempts if max_attempts is None
-                else _check_int("max_attempts", max_attempts, 1),
-                timeout_ms=self.timeout_ms if timeout_ms is None else _check_int("timeout_ms", timeout_ms, 1),
-                backoff_ms=self.backoff_ms if backoff_ms is None else _check_int("backoff_ms", backoff_ms, 0),
+                else check_int("max_attempts", max_attempts, 1),
+                timeout_ms=self.timeout_ms if timeout_ms is None else check_int("timeout_ms", timeout_ms, 1),
+                backoff_ms=self.backoff_ms if backoff_ms is None else check_int("backoff_ms", backoff_ms, 0),
                 raw=raw,
             )
             self.registry.add(task)

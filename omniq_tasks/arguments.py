@@ -17,19 +17,14 @@ import msgspec
 
 from .context import JobContext
 from .envelope import MAX_NESTING, describe_difference, find_nonfinite, first_difference, to_plain, too_deep
-from .errors import OmniqError
+from .errors import TaskArgumentError, TaskDefinitionError
+
+__all__ = ["ArgumentCodec", "TaskArgumentError", "TaskDefinitionError", "check_same",
+           "describe_decode_error", "encode_checked"]
 
 _encode = msgspec.json.Encoder().encode
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_dict = msgspec.json.Decoder(dict[str, msgspec.Raw])
-
-
-class TaskArgumentError(OmniqError, TypeError):
-    """Raised when a task's arguments do not fit its signature or annotations."""
-
-
-class TaskDefinitionError(OmniqError, TypeError):
-    """Raised when a function cannot be a task (e.g. *args, or an unencodable default)."""
 
 
 def encode_checked(value: Any, context: str, what: str = "arguments") -> bytes:
@@ -64,7 +59,7 @@ def _is_context(annotation: Any) -> bool:
     return JobContext in typing.get_args(annotation)
 
 
-def _describe(error: Exception) -> str:
+def describe_decode_error(error: Exception) -> str:
     """msgspec says "... - at `$.msg.to`"; say "... (argument msg.to)" instead."""
     text = str(error)
     head, sep, path = text.rpartition(" - at `$.")
@@ -131,7 +126,7 @@ class ArgumentCodec:
         try:
             decoded = self.decoder.decode(data)
         except msgspec.DecodeError as exc:
-            raise self._refusal(arguments, _describe(exc)) from None
+            raise self._refusal(arguments, describe_decode_error(exc)) from None
         except RecursionError:
             raise TaskArgumentError(f"task {self.task_name}: arguments nest too deep") from None
         for name, value in arguments.items():
@@ -152,7 +147,7 @@ class ArgumentCodec:
         try:
             return self.decoder.decode(kwargs_json)
         except msgspec.DecodeError as exc:
-            raise TaskArgumentError(f"task {self.task_name}: {_describe(exc)}") from None
+            raise TaskArgumentError(f"task {self.task_name}: {describe_decode_error(exc)}") from None
         except RecursionError:
             raise TaskArgumentError(f"task {self.task_name}: arguments nest too deep to decode") from None
 
@@ -164,7 +159,7 @@ class ArgumentCodec:
             positional = _raw_list.decode(args_json)
             named = _raw_dict.decode(kwargs_json) if kwargs_json else {}
         except msgspec.DecodeError as exc:
-            raise TaskArgumentError(f"task {self.task_name}: {_describe(exc)}") from None
+            raise TaskArgumentError(f"task {self.task_name}: {describe_decode_error(exc)}") from None
         names = self._positional
         if len(positional) > len(names):
             raise TaskArgumentError(

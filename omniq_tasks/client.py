@@ -9,16 +9,22 @@ explicit clock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterator, Sequence, TypedDict, Union
 
 import msgspec
 import redis as redis_lib
 from redis.cluster import RedisCluster
+from typing_extensions import Unpack
 
 from . import keys
+from .defaults import (
+    BACKOFF_MS, MAINTENANCE_LIMIT, MAX_ATTEMPTS, MAX_CALL_JOBS, MAX_PAYLOAD_BYTES, READ_PAGE, REDIS_URL,
+    TIMEOUT_MS, WAKE_CAP, check_int,
+)
 from .ids import new_job_id
 from .envelope import MAX_NESTING, find_nonfinite, to_plain, too_deep
 from .errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
@@ -33,10 +39,6 @@ from .scripts import ScriptCall, Scripts
 log = logging.getLogger(__name__)
 
 RedisClient = Union[redis_lib.Redis, RedisCluster]
-DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-# Wake-up tokens kept per queue at most: enough to wake that many idle workers.
-DEFAULT_WAKE_CAP = 64
-ENQUEUE_CHUNK = 1000
 # How long a measured offset between our clock and the server's is trusted.
 CLOCK_CHECK_S = 60.0
 _json_encode = msgspec.json.Encoder().encode
@@ -126,14 +128,6 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _field_problem(fields: dict[str, str]) -> str:
     """Which of a lease's numbers cannot be read, and why (a field another client wrote
     as "1e20" or "inf"); the stored fields first, since a bad timeout_ms makes
@@ -209,14 +203,27 @@ def parse_heartbeat_batch(reply: Any) -> tuple[int, list[int | str]]:
     return int(reply[0]), locks
 
 
+class PublishOptions(TypedDict, total=False):
+    """The per-job options of :func:`job_spec`, ``publish`` and ``publish_json``; unset ones
+    take their defaults (:mod:`omniq_tasks.defaults`)."""
+
+    job_id: str | None
+    max_attempts: int
+    timeout_ms: int
+    backoff_ms: int
+    due_ms: int
+    gid: str | None
+    group_limit: int
+
+
 class JobSpec(msgspec.Struct, frozen=True):
     """One job for :meth:`OmniqClient.enqueue_many`, already encoded and checked."""
 
     job_id: str
     payload: bytes
-    max_attempts: int = 3
-    timeout_ms: int = 30_000
-    backoff_ms: int = 5_000
+    max_attempts: int = MAX_ATTEMPTS
+    timeout_ms: int = TIMEOUT_MS
+    backoff_ms: int = BACKOFF_MS
     due_ms: int = 0
     gid: str = ""
     group_limit: int = 0
@@ -226,9 +233,9 @@ def job_spec(
     payload_json: bytes,
     *,
     job_id: str | None = None,
-    max_attempts: int = 3,
-    timeout_ms: int = 30_000,
-    backoff_ms: int = 5_000,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout_ms: int = TIMEOUT_MS,
+    backoff_ms: int = BACKOFF_MS,
     due_ms: int = 0,
     gid: str | None = None,
     group_limit: int = 0,
@@ -240,12 +247,12 @@ def job_spec(
         raise ValueError(f"job_id must be a non-empty str of at most 256 chars, got {job_id!r}")
     return JobSpec(
         job_id=job_id, payload=payload_json,
-        max_attempts=_check_int("max_attempts", max_attempts, 1),
-        timeout_ms=_check_int("timeout_ms", timeout_ms, 1),
-        backoff_ms=_check_int("backoff_ms", backoff_ms, 0),
-        due_ms=_check_int("due_ms", due_ms, 0),
+        max_attempts=check_int("max_attempts", max_attempts, 1),
+        timeout_ms=check_int("timeout_ms", timeout_ms, 1),
+        backoff_ms=check_int("backoff_ms", backoff_ms, 0),
+        due_ms=check_int("due_ms", due_ms, 0),
         gid=keys.validate_gid(gid) if gid is not None else "",
-        group_limit=_check_int("group_limit", group_limit, 0),
+        group_limit=check_int("group_limit", group_limit, 0),
     )
 
 
@@ -262,10 +269,10 @@ class OmniqClient:
         redis: str | RedisClient | None = None,
         *,
         cluster: bool = False,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         if redis is None or isinstance(redis, str):
-            url = redis or "redis://localhost:6379/0"
+            url = redis or REDIS_URL
             # What errors and reprs show: the URL without its password.
             self.url = redact_url(url)
             try:  # a cluster client connects here already
@@ -277,7 +284,7 @@ class OmniqClient:
             self.url = describe_redis(redis)
         else:
             raise TypeError(f"redis must be a URL or a redis-py client, not {type(redis).__name__}")
-        self.max_payload_bytes = _check_int("max_payload_bytes", max_payload_bytes, 2)
+        self.max_payload_bytes = check_int("max_payload_bytes", max_payload_bytes, 2)
         self.scripts = Scripts(self.redis)
         self._clock: tuple[float, float] | None = None  # (server ms - our ms, when measured)
 
@@ -344,46 +351,24 @@ class OmniqClient:
                 raise PayloadError(f"{nonfinite[0]} is {nonfinite[1]}: JSON has no NaN or Infinity")
         return data
 
-    def publish(
-        self,
-        queue: str,
-        payload: Any,
-        *,
-        job_id: str | None = None,
-        max_attempts: int = 3,
-        timeout_ms: int = 30_000,
-        backoff_ms: int = 5_000,
-        due_ms: int = 0,
-        gid: str | None = None,
-        group_limit: int = 0,
-        now_ms: int = 0,
-    ) -> Published:
+    def publish(self, queue: str, payload: Any, *, now_ms: int = 0, **options: Unpack[PublishOptions]) -> Published:
         """Publish one job. ``payload`` must encode to a JSON object or array.
 
+        ``options`` are :class:`PublishOptions` (defaults in :mod:`omniq_tasks.defaults`):
         ``due_ms`` later than now makes it delayed; ``gid`` puts it in that group's
         FIFO lane, and ``group_limit`` > 0 sets the group's limit if none is set yet.
         Publishing an id that already exists changes nothing (``existed=True``).
         """
-        return self.publish_json(
-            queue, self.encode_payload(payload), job_id=job_id, max_attempts=max_attempts,
-            timeout_ms=timeout_ms, backoff_ms=backoff_ms, due_ms=due_ms, gid=gid,
-            group_limit=group_limit, now_ms=now_ms,
-        )
+        return self.publish_json(queue, self.encode_payload(payload), now_ms=now_ms, **options)
 
     def publish_json(
         self,
         queue: str,
         payload_json: bytes | str,
         *,
-        job_id: str | None = None,
-        max_attempts: int = 3,
-        timeout_ms: int = 30_000,
-        backoff_ms: int = 5_000,
-        due_ms: int = 0,
-        gid: str | None = None,
-        group_limit: int = 0,
         now_ms: int = 0,
         wake_cap: int = 0,
+        **options: Unpack[PublishOptions],
     ) -> Published:
         """Publish already-encoded JSON text (an object or array); see :meth:`publish`.
 
@@ -402,8 +387,7 @@ class OmniqClient:
                 f"payload is {len(data)} bytes; the limit is {self.max_payload_bytes}"
             )
         check_json_text(data)
-        spec = job_spec(data, job_id=job_id, max_attempts=max_attempts, timeout_ms=timeout_ms,
-                        backoff_ms=backoff_ms, due_ms=due_ms, gid=gid, group_limit=group_limit)
+        spec = job_spec(data, **options)
         return self.publish_spec(queue, spec, wake_cap=wake_cap, now_ms=now_ms)
 
     def publish_spec(self, queue: str, spec: JobSpec, *, wake_cap: int = 0, now_ms: int = 0) -> Published:
@@ -412,10 +396,10 @@ class OmniqClient:
         ``wake_cap`` > 0 also pushes a wake-up token (see :meth:`publish_json`).
         """
         args: tuple[Any, ...] = (spec.job_id, spec.payload, spec.max_attempts, spec.timeout_ms,
-                                 spec.backoff_ms, _check_int("now_ms", now_ms, 0), spec.due_ms,
+                                 spec.backoff_ms, check_int("now_ms", now_ms, 0), spec.due_ms,
                                  spec.gid, spec.group_limit)
         if wake_cap:
-            args += (_check_int("wake_cap", wake_cap, 0),)
+            args += (check_int("wake_cap", wake_cap, 0),)
         reply = self._raise_if_err(self._call("enqueue", keys.queue_anchor(queue), *args), queue, spec.job_id)
         existed = len(reply) > 2
         if existed and self.scripts.take_resent():
@@ -426,7 +410,7 @@ class OmniqClient:
         return Published(queue=queue, job_id=_text(reply[1]), existed=existed)
 
     def enqueue_many(
-        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = DEFAULT_WAKE_CAP, now_ms: int = 0
+        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = WAKE_CAP, now_ms: int = 0
     ) -> list[Published]:
         """Publish many prepared jobs with one script call per 1000 (enqueue_batch).
 
@@ -438,8 +422,8 @@ class OmniqClient:
         anchor = keys.queue_anchor(queue)
         out: list[Published] = []
         options: dict[tuple[int, ...], bytes] = {}
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            chunk = jobs[start:start + ENQUEUE_CHUNK]
+        for start in range(0, len(jobs), MAX_CALL_JOBS):
+            chunk = jobs[start:start + MAX_CALL_JOBS]
             args: list[Any] = [now_ms, wake_cap, len(chunk)]
             for job in chunk:
                 if len(job.payload) > self.max_payload_bytes:
@@ -482,7 +466,7 @@ class OmniqClient:
     def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
         """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
         reply = self._raise_if_err(self._call(
-            "reserve_batch", keys.queue_anchor(queue), now_ms, _check_int("max_jobs", max_jobs, 1),
+            "reserve_batch", keys.queue_anchor(queue), now_ms, check_int("max_jobs", max_jobs, 1),
             *self.scripts.replay_tag("reserve_batch")), queue)
         parsed = parse_leases(queue, reply)
         if isinstance(parsed, QueuePaused):
@@ -500,8 +484,8 @@ class OmniqClient:
         """ack_success for many (job_id, lease_token) pairs, one script call per 1000."""
         anchor = keys.queue_anchor(queue)
         items: list[BatchItem] = []
-        for start in range(0, len(leases), ENQUEUE_CHUNK):
-            chunk = leases[start:start + ENQUEUE_CHUNK]
+        for start in range(0, len(leases), MAX_CALL_JOBS):
+            chunk = leases[start:start + MAX_CALL_JOBS]
             args: list[Any] = [now_ms, len(chunk)]
             for job_id, token in chunk:
                 args += (job_id, token)
@@ -546,18 +530,18 @@ class OmniqClient:
 
     # -- maintenance ----------------------------------------------------------
 
-    def promote_delayed(self, queue: str, *, max_promote: int = 1000, now_ms: int = 0) -> int:
+    def promote_delayed(self, queue: str, *, max_promote: int = MAINTENANCE_LIMIT, now_ms: int = 0) -> int:
         """Move due delayed jobs to their wait lanes; returns how many moved."""
         reply = self._raise_if_err(self._call(
             "promote_delayed", keys.queue_anchor(queue), now_ms,
-            _check_int("max_promote", max_promote, 1)), queue)
+            check_int("max_promote", max_promote, 1)), queue)
         return int(reply[1])
 
-    def reap_expired(self, queue: str, *, max_reap: int = 1000, now_ms: int = 0) -> int:
+    def reap_expired(self, queue: str, *, max_reap: int = MAINTENANCE_LIMIT, now_ms: int = 0) -> int:
         """End expired leases (retry or fail); returns how many were reaped."""
         reply = self._raise_if_err(self._call(
             "reap_expired", keys.queue_anchor(queue), now_ms,
-            _check_int("max_reap", max_reap, 1)), queue)
+            check_int("max_reap", max_reap, 1)), queue)
         return int(reply[1])
 
     # -- the server clock ----------------------------------------------------------------
@@ -609,7 +593,7 @@ class OmniqClient:
         return ("heartbeat_batch", keys.queue_anchor(queue), args)
 
     @staticmethod
-    def maintenance_calls(queue: str, limit: int = 1000) -> list[ScriptCall]:
+    def maintenance_calls(queue: str, limit: int = MAINTENANCE_LIMIT) -> list[ScriptCall]:
         """promote_delayed, then reap_leases (reap_expired noting why in last_error)."""
         anchor = keys.queue_anchor(queue)
         return [("promote_delayed", anchor, (0, limit)), ("reap_leases", anchor, (0, limit))]
@@ -671,7 +655,7 @@ class OmniqClient:
     def childs_init(self, key: str, expected: int) -> None:
         """Start a fan-in counter expecting ``expected`` children."""
         self._raise_if_err(self._call("childs_init", keys.child_anchor(key),
-                                      _check_int("expected", expected, 1)))
+                                      check_int("expected", expected, 1)))
 
     def child_ack(self, key: str, child_id: str) -> int:
         """Count one child as done (idempotent per child id); returns how many remain."""
@@ -695,15 +679,27 @@ class OmniqClient:
         known.pop("paused", None)
         return QueueStats(queue=queue, paused=bool(paused), **known)
 
-    def list_queues(self) -> list[str]:
-        """Every queue that has a ``{Q}:stats`` hash, sorted (a SCAN, no registry key)."""
-        found = set()
+    def iter_queues(self, *, page: int = READ_PAGE) -> Iterator[str]:
+        """Every queue that has a ``{Q}:stats`` hash, each once, in the order SCAN meets them.
+
+        Lazy: one SCAN step of about ``page`` keys per round trip, taken only when the
+        caller asks for more, so showing the first screenful of queues does not walk a
+        keyspace of millions of job hashes. (There is no registry key: the protocol has
+        none, and other producers would not keep one.)
+        """
+        seen: set[str] = set()
         with redis_errors(self.url):
-            for key in self.redis.scan_iter(match="*:stats", count=1000):
+            for key in self.redis.scan_iter(match="*:stats", count=check_int("page", page, 1)):
                 name = keys.queue_from_stats_key(_text(key))
-                if name:
-                    found.add(name)
-        return sorted(found)
+                if name and name not in seen:  # SCAN may return a key twice
+                    seen.add(name)
+                    yield name
+
+    def list_queues(self, *, limit: int | None = None) -> list[str]:
+        """The names :meth:`iter_queues` finds, sorted; with ``limit``, the scan stops at that many."""
+        if limit is not None:
+            check_int("limit", limit, 1)
+        return sorted(itertools.islice(self.iter_queues(), limit))
 
     def job(self, queue: str, job_id: str) -> JobInfo | None:
         """The job hash, typed; None when no such job exists."""
@@ -724,11 +720,37 @@ class OmniqClient:
             **{t: _int_or_none(h.get(t)) for t in times},
         )
 
-    def iter_ids(self, queue: str, lane: str) -> Iterable[str]:
-        """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed)."""
+    def iter_ids(self, queue: str, lane: str, *, page_size: int = READ_PAGE) -> Iterator[str]:
+        """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed), oldest first.
+
+        Read ``page_size`` ids per ZRANGE, the next page only when the caller gets
+        there: a lane of millions is never loaded at once. Each page after the first
+        asks, in the same round trip, where the last id given now stands, so ids that
+        left the lane meanwhile do not make the next page skip any; an id that moves
+        while being paged may still show up twice or not at all.
+        """
         if lane not in keys.LANES:
             raise ValueError(f"lane must be one of {keys.LANES}, got {lane!r}")
-        with redis_errors(self.url):
-            members = self.redis.zrange(keys.idx_key(queue, lane), 0, -1)
-        for member in members:
-            yield _text(member)
+        check_int("page_size", page_size, 1)
+        key = keys.idx_key(queue, lane)
+        start: int = 0
+        last: Any = None
+        members: list[Any]
+        while True:
+            with redis_errors(self.url):
+                if last is None:
+                    members = self.redis.zrange(key, start, start + page_size - 1)
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.zrank(key, last)
+                    pipe.zrange(key, start, start + page_size - 1)
+                    rank, members = pipe.execute()
+                    if rank is not None and rank + 1 != start:  # the lane shifted: go on after `last`
+                        start = rank + 1
+                        members = self.redis.zrange(key, start, start + page_size - 1)
+            for member in members:
+                yield _text(member)
+            if len(members) < page_size:
+                return
+            last = members[-1]
+            start += page_size

@@ -37,6 +37,18 @@ class InvalidOptionError(OmniqError, TypeError, ValueError):
     """
 
 
+class TaskArgumentError(OmniqError, TypeError):
+    """Raised when a task's arguments do not fit its signature or annotations."""
+
+
+class TaskDefinitionError(OmniqError, TypeError):
+    """Raised when a function cannot be a task (e.g. *args, or an unencodable default)."""
+
+
+class DuplicateTaskError(OmniqError, ValueError):
+    """Raised when a task name, or a queue's raw handler, is registered twice."""
+
+
 class BackendError(OmniqError):
     """Raised when Redis itself fails a command (unreachable, full, or another server error).
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import OmniqError
+from .errors import DuplicateTaskError
 
 if TYPE_CHECKING:
     from .task import Task
 
-
-class DuplicateTaskError(OmniqError, ValueError):
-    """Raised when a task name, or a queue's raw handler, is registered twice."""
+__all__ = ["DuplicateTaskError", "Registry"]
 
 
 class Registry:

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
 
 from .models import JobInfo
 
 if TYPE_CHECKING:
     from .client import OmniqClient
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job stands. The values are the protocol's ``state`` words, so
+    ``handle.status() == "wait"`` holds for ``JobStatus.WAITING``."""
+
+    WAITING = "wait"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    # A state word this version does not know (another producer's, or a newer protocol).
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobStatus:
+        return cls.UNKNOWN
 
 
 class JobHandle:
@@ -25,10 +46,10 @@ class JobHandle:
         """The job hash now; None once it is gone (removed, or trimmed from completed)."""
         return self._client.job(self.queue, self.id)
 
-    def status(self) -> str | None:
-        """wait, delayed, active, completed or failed; None once the job hash is gone."""
+    def status(self) -> JobStatus | None:
+        """The job's :class:`JobStatus` now; None once the job hash is gone."""
         info = self.info()
-        return info.state if info else None
+        return JobStatus(info.state) if info else None
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r}, queue={self.queue!r})"

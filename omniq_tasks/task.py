@@ -5,15 +5,15 @@ from __future__ import annotations
 import inspect
 import typing
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypedDict, TypeVar, Union
 
 import msgspec
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, Unpack
 
-from .arguments import ArgumentCodec, TaskArgumentError, TaskDefinitionError, _describe, check_same, encode_checked
+from .arguments import ArgumentCodec, check_same, describe_decode_error, encode_checked
 from .client import JobSpec, job_spec
 from .context import JobContext
-from .errors import InvalidOptionError, PayloadTooLargeError
+from .errors import InvalidOptionError, PayloadTooLargeError, TaskArgumentError, TaskDefinitionError
 from .envelope import build_envelope
 from .ids import new_job_ids
 from .keys import validate_gid, validate_queue
@@ -26,6 +26,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 GidRule = Union[str, Callable[..., str], None]
+
+
+class CallOptions(TypedDict, total=False):
+    """Per-call options of ``apply_async`` and ``encode_call``; left out or None, the task's own."""
+
+    gid: str | None
+    group_limit: int | None
+    job_id: str | None
+    max_attempts: int | None
+    timeout_ms: int | None
+    backoff_ms: int | None
 
 
 # The last millisecond of year 9999: later due times are surely mistakes (and
@@ -163,19 +174,13 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         eta: datetime | float | None = None,
         queue: str | None = None,
-        gid: str | None = None,
-        group_limit: int | None = None,
-        job_id: str | None = None,
-        max_attempts: int | None = None,
-        timeout_ms: int | None = None,
-        backoff_ms: int | None = None,
+        **options: Unpack[CallOptions],
     ) -> JobHandle:
         """Queue a run with per-call options; arguments are checked before Redis is touched."""
         target = validate_queue(queue) if queue is not None else self.queue
-        spec = self.prepare(
-            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()), gid=gid,
-            group_limit=group_limit, job_id=job_id, max_attempts=max_attempts,
-            timeout_ms=timeout_ms, backoff_ms=backoff_ms)
+        spec = self.encode_call(
+            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()),
+            **options)
         client = self.app.client
         published = client.publish_spec(target, spec, wake_cap=self.app.wake_cap)
         return JobHandle(client, target, published.job_id, published.existed)
@@ -210,24 +215,17 @@ class Task(Generic[P, R]):
         published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
         return [JobHandle(client, target, p.job_id, p.existed) for p in published]
 
-    def prepare(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        due_ms: int = 0,
-        gid: str | None = None,
-        group_limit: int | None = None,
-        job_id: str | None = None,
-        max_attempts: int | None = None,
-        timeout_ms: int | None = None,
-        backoff_ms: int | None = None,
+    def encode_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, due_ms: int = 0, **options: Unpack[CallOptions],
     ) -> JobSpec:
-        """Encode and check one call as a JobSpec, without publishing it."""
+        """Encode and check one call as the JobSpec ``apply_async`` publishes, without publishing it."""
         payload, resolved = self._encode(args, kwargs)
+        gid, group_limit = options.get("gid"), options.get("group_limit")
+        max_attempts, timeout_ms, backoff_ms = (
+            options.get("max_attempts"), options.get("timeout_ms"), options.get("backoff_ms"))
         return job_spec(
             payload,
-            job_id=job_id,
+            job_id=options.get("job_id"),
             max_attempts=self.max_attempts if max_attempts is None else max_attempts,
             timeout_ms=self.timeout_ms if timeout_ms is None else timeout_ms,
             backoff_ms=self.backoff_ms if backoff_ms is None else backoff_ms,
@@ -263,7 +261,7 @@ class Task(Generic[P, R]):
             try:
                 got = self.raw_decoder.decode(data)
             except msgspec.DecodeError as exc:
-                raise TaskArgumentError(f"{context}{_describe(exc)}") from None
+                raise TaskArgumentError(f"{context}{describe_decode_error(exc)}") from None
             except RecursionError:
                 raise TaskArgumentError(f"{context}the payload nests too deep") from None
             if got is not values[0] and got != values[0]:

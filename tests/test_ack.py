@@ -9,10 +9,9 @@ from helpers_state import (
     assert_idx, assert_invariants, assert_lanes, assert_stats, groups_ready, inflight, job,
     snapshot,
 )
-from omniq_tasks import (
-    AckFailResult, LeaseLostError, OmniqClient, ReservedJob, TokenMismatchError,
-    TokenRequiredError,
-)
+from omniq_tasks import OmniqClient
+from omniq_tasks.errors import LeaseLostError, TokenMismatchError, TokenRequiredError
+from omniq_tasks.models import AckFailResult, ReservedJob
 
 Q = "acks"
 

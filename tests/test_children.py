@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from omniq_tasks import (
-    AlreadyInitializedError, BadExpectedError, ChildRequiredError, InvalidNameError,
-    NoCounterError, NoExpectedError, OmniqClient, ProtocolError,
+from omniq_tasks import InvalidNameError, OmniqClient, ProtocolError
+from omniq_tasks.errors import (
+    AlreadyInitializedError, BadExpectedError, ChildRequiredError, NoCounterError, NoExpectedError,
 )
 from omniq_tasks.errors import protocol_error
 

@@ -14,9 +14,9 @@ import redis
 
 import omniq_tasks
 from helpers_state import assert_invariants
-from omniq_tasks import (
-    BatchItem, InvalidNameError, JobInfo, OmniqClient, OmniqError, QueueStats, ReservedJob, scripts_dir,
-)
+from omniq_tasks import InvalidNameError, OmniqClient, OmniqError
+from omniq_tasks.models import BatchItem, JobInfo, QueueStats, ReservedJob
+from omniq_tasks.scripts import scripts_dir
 from omniq_tasks import scripts as scripts_module
 from redis_server import RedisServer
 
@@ -252,4 +252,4 @@ def test_catalog_every_script_loads(client: OmniqClient, r) -> None:
     for name in getattr(scripts_module, "ALL_SCRIPTS", scripts_module.PROTOCOL_SCRIPTS):
         sha = r.script_load(scripts_module.script_source(name))
         assert sha == client.scripts[name].sha, name
-    assert omniq_tasks.scripts_dir() == scripts_dir()
+    assert Path(scripts_dir()) == Path(omniq_tasks.__file__).parent / "lua"

@@ -8,7 +8,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from omniq_tasks import AckFailResult, BatchItem, OmniqClient, QueuePaused, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.models import AckFailResult, BatchItem, QueuePaused, ReservedJob
 
 pytestmark = pytest.mark.cluster
 

@@ -12,9 +12,9 @@ from helpers_state import (
     assert_idx, assert_invariants, assert_lanes, assert_stats, group_wait, groups_ready, job,
     snapshot, stats,
 )
-from omniq_tasks import (
-    InvalidNameError, OmniqClient, OmniqError, PayloadError, PayloadTooLargeError, Published,
-)
+from omniq_tasks import InvalidNameError, OmniqClient, OmniqError, PayloadError
+from omniq_tasks.errors import PayloadTooLargeError
+from omniq_tasks.models import Published
 
 Q = "emails"
 

@@ -15,7 +15,9 @@ import msgspec
 import pytest
 import redis
 
-from omniq_tasks import LeaseLostError, OmniqClient, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.errors import LeaseLostError
+from omniq_tasks.models import ReservedJob
 from omniq_tasks.app import App
 from omniq_tasks.context import JobContext
 from omniq_tasks.envelope import build_envelope, read_envelope
@@ -96,7 +98,7 @@ def test_envelope_of_a_known_task_is_decoded(app: App) -> None:
 def test_what_our_publisher_writes_is_what_prepare_reads(app: App) -> None:
     ship = app.registry.get("ship")
     assert ship is not None
-    spec = ship.prepare((4, Address("x", 1)), {"express": True})
+    spec = ship.encode_call((4, Address("x", 1)), {"express": True})
     call_ = prepared(app, spec.payload)
     assert call_.kwargs == {"n": 4, "address": Address("x", 1), "express": True}
     assert prepared(app, spec.payload.decode()).kwargs == call_.kwargs  # str payloads too

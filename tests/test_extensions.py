@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers_state import assert_invariants, snapshot
-from omniq_tasks import OmniqClient, QueuePaused, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.models import QueuePaused, ReservedJob
 from omniq_tasks.client import JobSpec, job_spec
 from redis_server import RedisServer
 

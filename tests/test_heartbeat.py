@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from helpers_state import assert_invariants, job, snapshot
-from omniq_tasks import (
-    LeaseLostError, NotActiveError, OmniqClient, OmniqError, ProtocolError, ReservedJob,
-    TokenMismatchError, TokenRequiredError,
-)
+from omniq_tasks import OmniqClient, OmniqError, ProtocolError
+from omniq_tasks.errors import LeaseLostError, NotActiveError, TokenMismatchError, TokenRequiredError
+from omniq_tasks.models import ReservedJob
 
 Q = "beats"
 

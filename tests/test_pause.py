@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from helpers_state import assert_invariants, assert_lanes, job, snapshot
-from omniq_tasks import OmniqClient, QueuePaused, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.models import QueuePaused, ReservedJob
 
 Q = "pausable"
 

@@ -8,7 +8,9 @@ from helpers_state import (
     assert_idx, assert_invariants, assert_lanes, assert_stats, groups_ready, inflight, job,
     snapshot,
 )
-from omniq_tasks import OmniqClient, ReservedJob, TokenMismatchError
+from omniq_tasks import OmniqClient
+from omniq_tasks.errors import TokenMismatchError
+from omniq_tasks.models import ReservedJob
 
 Q = "maint"
 

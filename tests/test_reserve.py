@@ -8,7 +8,8 @@ from helpers_state import (
     assert_idx, assert_invariants, assert_lanes, assert_stats, groups_ready, inflight, job,
     snapshot,
 )
-from omniq_tasks import OmniqClient, QueueEmpty, QueuePaused, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.models import QueueEmpty, QueuePaused, ReservedJob
 
 Q = "work"
 

@@ -7,10 +7,11 @@ import pytest
 from helpers_state import (
     assert_idx, assert_invariants, assert_lanes, assert_stats, groups_ready, job, snapshot,
 )
-from omniq_tasks import (
-    BadLaneError, BatchItem, BatchTooLargeError, JobActiveError, LaneMismatchError, NoJobError,
-    NotFailedError, NotInLaneError, OmniqClient, ProtocolError, ReservedJob,
+from omniq_tasks import OmniqClient, ProtocolError
+from omniq_tasks.errors import (
+    BadLaneError, BatchTooLargeError, JobActiveError, LaneMismatchError, NoJobError, NotFailedError, NotInLaneError,
 )
+from omniq_tasks.models import BatchItem, ReservedJob
 
 Q = "ops"
 

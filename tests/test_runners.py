@@ -27,7 +27,8 @@ import pytest
 import redis
 
 import omniq_tasks
-from omniq_tasks import OmniqClient, ReservedJob
+from omniq_tasks import OmniqClient
+from omniq_tasks.models import ReservedJob
 from omniq_tasks.envelope import build_envelope
 from omniq_tasks.execution import Outcome
 from omniq_tasks.process_pool import ProcessRunner

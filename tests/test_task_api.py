@@ -21,8 +21,10 @@ import msgspec
 import pytest
 import redis
 
-from omniq_tasks import InvalidNameError, OmniqError, PayloadTooLargeError
-from omniq_tasks.app import DEFAULT_REDIS_URL, REDIS_URL_ENV, App
+from omniq_tasks import InvalidNameError, OmniqError
+from omniq_tasks.errors import PayloadTooLargeError
+from omniq_tasks.app import App
+from omniq_tasks.defaults import REDIS_URL as DEFAULT_REDIS_URL, REDIS_URL_ENV
 from omniq_tasks.arguments import TaskArgumentError, TaskDefinitionError
 from omniq_tasks.context import JobContext
 from omniq_tasks.registry import DuplicateTaskError

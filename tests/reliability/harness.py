@@ -326,7 +326,7 @@ def specs(task: Any, calls: Iterable[Any], **options: Any) -> list[JobSpec]:
     out = []
     for call in calls:
         args, kwargs = (call, {}) if isinstance(call, tuple) else ((), call)
-        out.append(task.prepare(args, kwargs, **options))
+        out.append(task.encode_call(args, kwargs, **options))
     return out
 
 

@@ -122,7 +122,7 @@ def test_poison_pills(pool: str, redis_proc: Callable[..., RedisProc], workers: 
     pub = Published()
     plain = specs(t["work"], ({"n": i, "sleep_ms": 20} for i in range(200)))
     publish(app.client, Q_WORK, plain, pub)
-    poisons = {mode: t["poison"].prepare((), {"mode": mode, "sleep_ms": 100}, max_attempts=2, timeout_ms=1000)
+    poisons = {mode: t["poison"].encode_call((), {"mode": mode, "sleep_ms": 100}, max_attempts=2, timeout_ms=1000)
                for mode in ("exit", "segv", "raise", "sysexit")}
     publish(app.client, Q_POISON, list(poisons.values()), pub)
     bad_payloads = [b'{"task":"ledger.nope","args":[],"kwargs":{"x":1}}',

@@ -69,7 +69,7 @@ def _kill9_during_publishing(server: RedisProc, app: App, t: dict[str, Any], wor
 
     def produce() -> None:
         for i in range(total):
-            spec = t["work"].prepare((), {"n": i, "sleep_ms": 5})
+            spec = t["work"].encode_call((), {"n": i, "sleep_ms": 5})
             try:
                 producer.enqueue_many(Q_WORK, [spec])
                 pub.add(Q_WORK, [spec.job_id])
