@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 import threading
-from typing import Any, Callable, Protocol, TypeVar, overload
+from typing import Any, Callable, Protocol, Sequence, TypeVar, overload
 
 from typing_extensions import Concatenate, ParamSpec
 
@@ -15,6 +15,7 @@ from .defaults import check_int
 from .client import OmniqClient
 from .context import JobContext
 from .keys import validate_queue
+from .middleware import Middleware
 from .registry import Registry
 from .task import GidRule, Task
 from .urls import redact_url
@@ -53,6 +54,7 @@ class App:
         max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES,
         cluster: bool = False,
         wake_cap: int = defaults.WAKE_CAP,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.name = name
         self.redis_url = redis_url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
@@ -64,11 +66,21 @@ class App:
         self.cluster = cluster
         self.wake_cap = check_int("wake_cap", wake_cap, 0)
         self.registry = Registry()
+        self.middleware: list[Middleware] = []  # hooks around each job's life, in order
+        for mw in middleware:
+            self.add_middleware(mw)
         self._client: OmniqClient | None = None
         self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.registry)} redis={redact_url(self.redis_url)}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add hooks around each job's life (docs/middleware.md); before creating a worker."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError(f"middleware must be an omniq_tasks.middleware.Middleware, "
+                            f"not {type(middleware).__name__}")
+        self.middleware.append(middleware)
 
     @property
     def client(self) -> OmniqClient:

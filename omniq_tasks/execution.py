@@ -1,12 +1,13 @@
 """Run one reserved job without Redis: decode its payload, call the task, classify.
 
-Outcomes are plain data the worker turns into acks: ``ok`` -> ack_success;
-otherwise ack_fail with ``error`` as the text, and ``final`` when retrying can
-never help (unknown task, payload that does not fit the annotations, payload
-the decoder cannot take at all), so the job fails at once instead of burning
-its attempts.
+Outcomes are plain data the worker turns into acks: ``ok`` -> ack_success (with
+``result``, the task's return value as msgspec JSON); otherwise ack_fail with
+``error`` as the text, and ``final`` when retrying can never help (unknown task,
+payload that does not fit the annotations, payload the decoder cannot take at
+all), so the job fails at once instead of burning its attempts. Every outcome of
+a call says how long the body ran (``duration_ms``).
 
-Nothing here may raise out of a runner: prepare() turns any exception while
+Nothing here may raise out of a runner: decode_job() turns any exception while
 decoding (RecursionError from 100,000 nested lists, MemoryError, ...) into a
 final Outcome, call()/call_async() turn whatever the task raises into a failed
 Outcome, and describe_exception() survives exceptions whose str() raises.
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import msgspec
 
@@ -46,12 +48,45 @@ def clip_error(text: str) -> str:
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """How a run ended, with the task name ("" when no task was found)."""
+    """How a run ended, with the task name ("" when no task was found).
+
+    - ok: ``result`` is the return value as msgspec JSON (b"" when it returned None);
+    - failed: ``error`` says why; ``final`` when a retry cannot help, else it is
+      retried (``retry``) after the job's backoff, or at ``retry_at_ms`` (epoch ms)
+      when that is set;
+    - ``duration_ms``: how long the task's body ran (0 when it never started).
+
+    Two outcomes are equal when they say the same about how the run ended: the
+    result and the duration (what it produced, how long it took) are not compared.
+    """
 
     ok: bool
     task: str = ""
     error: str = ""
     final: bool = False
+    result: bytes = b""
+    retry_at_ms: Optional[int] = None
+    duration_ms: float = 0.0
+
+    @property
+    def retry(self) -> bool:
+        """True when the job runs again (failed, not final)."""
+        return not self.ok and not self.final
+
+    def _verdict(self) -> tuple[bool, str, str, bool, int | None]:
+        return (self.ok, self.task, self.error, self.final, self.retry_at_ms)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self._verdict() == other._verdict()
+
+    def __hash__(self) -> int:
+        return hash(self._verdict())
+
+
+# The return value as JSON; a type msgspec cannot encode leaves the result empty.
+_encode_result = msgspec.json.Encoder().encode
 
 
 class PreparedCall:
@@ -64,9 +99,9 @@ class PreparedCall:
         self.kwargs = kwargs
 
 
-def prepare(registry: Registry, queue: str, payload: str | bytes,
-            make_context: Callable[[], JobContext]) -> PreparedCall | Outcome:
-    """Find the task for a payload and decode its arguments, or say why it cannot run."""
+def decode_job(registry: Registry, queue: str, payload: str | bytes,
+               make_context: Callable[[], JobContext]) -> PreparedCall | Outcome:
+    """Find the task for a leased job's payload and decode its arguments, or say why it cannot run."""
     name = ""
     try:
         envelope = read_envelope(payload)
@@ -112,10 +147,10 @@ def job_context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
         lock_until_ms=job.lock_until_ms, payload_raw=job.payload)
 
 
-def prepare_job(app: App, job: ReservedJob) -> PreparedCall | Outcome:
-    """prepare() for a reserved job, logging its start at DEBUG; never raises."""
+def decode_leased(app: App, job: ReservedJob) -> PreparedCall | Outcome:
+    """decode_job() for a reserved job, logging its start at DEBUG; never raises."""
     try:
-        prepared = prepare(app.registry, job.queue, job.payload, job_context(app, job))
+        prepared = decode_job(app.registry, job.queue, job.payload, job_context(app, job))
         if isinstance(prepared, PreparedCall) and log.isEnabledFor(logging.DEBUG):
             log.debug("start %s job=%s queue=%s attempt=%d/%d", prepared.task.name, job.job_id,
                       job.queue, job.attempt, job.max_attempts)
@@ -124,9 +159,29 @@ def prepare_job(app: App, job: ReservedJob) -> PreparedCall | Outcome:
         return crashed("", exc)
 
 
-def crashed(task: str, exc: BaseException) -> Outcome:
+def crashed(task: str, exc: BaseException, duration_ms: float = 0.0) -> Outcome:
     """The failed Outcome for an exception that escaped a task's own handling; never raises."""
-    return Outcome(False, task, describe_exception(exc))
+    return Outcome(False, task, describe_exception(exc), duration_ms=duration_ms)
+
+
+def succeeded(task: str, value: Any, duration_ms: float) -> Outcome:
+    """The ok Outcome of a body that returned ``value``; never raises.
+
+    A value msgspec cannot encode does not fail the job (its body ran and
+    succeeded): the result stays empty and a WARNING says why.
+    """
+    if value is None:
+        return Outcome(True, task, duration_ms=duration_ms)
+    try:
+        result = _encode_result(value)
+    except BaseException as exc:
+        try:
+            log.warning("task %s returned a %s that cannot be encoded as JSON; result not kept: %s",
+                        task, type(value).__name__, exception_line(exc))
+        except BaseException:  # logging itself failed (MemoryError): the job still succeeded
+            pass
+        result = b""
+    return Outcome(True, task, result=result, duration_ms=duration_ms)
 
 
 def exception_line(exc: BaseException) -> str:
@@ -160,19 +215,21 @@ def describe_exception(exc: BaseException) -> str:
 
 def call(prepared: PreparedCall) -> Outcome:
     """Run a prepared synchronous task."""
+    start = perf_counter()
     try:
-        prepared.task.fn(**prepared.kwargs)
+        value = prepared.task.fn(**prepared.kwargs)
     except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
-        return crashed(prepared.task.name, exc)
-    return Outcome(True, prepared.task.name)
+        return crashed(prepared.task.name, exc, (perf_counter() - start) * 1000)
+    return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
 
 
 async def call_async(prepared: PreparedCall) -> Outcome:
     """Run a prepared ``async def`` task."""
+    start = perf_counter()
     try:
-        await prepared.task.fn(**prepared.kwargs)
+        value = await prepared.task.fn(**prepared.kwargs)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
-        return crashed(prepared.task.name, exc)
+        return crashed(prepared.task.name, exc, (perf_counter() - start) * 1000)
     # Other BaseExceptions (CancelledError, ...) end the asyncio Task; the runner's
     # done-callback reports them.
-    return Outcome(True, prepared.task.name)
+    return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)

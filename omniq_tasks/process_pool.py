@@ -6,7 +6,9 @@ pipe. One dispatcher thread in the parent waits on every pipe and every child's
 process sentinel (``multiprocessing.connection.wait``), sends a job to an idle
 child and reports the outcome it sends back, so the parent always knows which
 child runs which job. Only msgpack bytes cross the pipes (``send_bytes``): job
-fields one way, ``Outcome`` fields the other; nothing is pickled.
+fields one way, the whole ``Outcome`` the other (result, duration and retry time
+included); nothing is pickled. The middleware's ``before_run`` and ``after_run``
+run in the child, which loads the app and so has its middleware.
 
 When a child dies (``os._exit()`` in a task, a segfault, the OOM killer, a
 SIGKILL) only the job it was running fails, with "worker process died: exit
@@ -40,7 +42,7 @@ from typing import Callable, Union
 
 import msgspec
 
-from .execution import Outcome, call, call_async, crashed, exception_line, prepare_job
+from .execution import Outcome, crashed, exception_line
 from .models import ReservedJob
 
 log = logging.getLogger("omniq_tasks.worker")
@@ -95,28 +97,22 @@ def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str
     except BaseException as exc:
         conn.send_bytes(_encode(_StartFailed(f"cannot load app {app_path!r}: {exception_line(exc)}")))
         sys.exit(2)
+    from .middleware import Hooks
+    from .runners import run_job
+
+    hooks = Hooks(app.middleware)  # the app loaded here has its middleware: the hooks run in the child
     conn.send_bytes(_encode(_Ready(os.getpid())))
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):  # the parent closed the pipe (stop) or died
             return
-        task = ""
         try:
             job = _decode_job(data)
-            prepared = prepare_job(app, job)
-            if isinstance(prepared, Outcome):
-                outcome = prepared
-            else:
-                task = prepared.task.name
-                if prepared.task.is_async:
-                    import asyncio
-
-                    outcome = asyncio.run(call_async(prepared))
-                else:
-                    outcome = call(prepared)
-        except BaseException as exc:  # e.g. CancelledError out of asyncio.run: the job fails, the child lives
-            outcome = crashed(task, exc)
+        except BaseException as exc:  # the parent sent what it should not: fail that job, live on
+            outcome = crashed("", exc)
+        else:
+            outcome = run_job(app, hooks, job)  # never raises; before_run/after_run run here
         try:
             conn.send_bytes(_encode(_Done(outcome)))
         except (EOFError, OSError):

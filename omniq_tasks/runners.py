@@ -2,7 +2,10 @@
 
 A runner takes a reserved job, runs it, and reports ``on_done(job, outcome)``
 from whatever thread finished it; the worker does all the Redis work. (The
-process pool, for ``--pool processes``, is in process_pool.py.)
+process pool, for ``--pool processes``, is in process_pool.py.) The middleware's
+``before_run`` and ``after_run`` run where the job runs, around it; the outcome
+reported is the one after ``after_run``. ``InlineRunner`` runs each job inside
+``submit()``, for in-process tests of the worker loop.
 
 Whatever a job does, a runner reports it exactly once and keeps its slot:
 decoding and running are guarded down to BaseException (execution.py), and
@@ -22,9 +25,10 @@ import queue as queue_mod
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from .execution import Outcome, PreparedCall, call, call_async, crashed, prepare_job
+from .execution import Outcome, PreparedCall, call, call_async, crashed, decode_leased
+from .middleware import Hooks
 from .models import ReservedJob
 
 if TYPE_CHECKING:
@@ -34,6 +38,54 @@ log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]
 # The longest stop() waits for idle threads and the event loop to end.
 STOP_WAIT_S = 0.5
+
+
+class Runner(Protocol):
+    """What the worker needs of a runner: take jobs, report each once through its on_done, stop."""
+
+    def submit(self, job: ReservedJob) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# Worker(runner=...): makes a runner that reports to the given on_done.
+RunnerFactory = Callable[[OnDone], Runner]
+
+
+def run_job(app: App, hooks: Hooks, job: ReservedJob) -> Outcome:
+    """Run ``job`` to the end in this thread (async tasks on a fresh event loop); never raises."""
+    task = ""
+    try:
+        if hooks.before_run:
+            hooks.run_before_run(job)
+        prepared = decode_leased(app, job)
+        if isinstance(prepared, Outcome):
+            outcome = prepared
+        else:
+            task = prepared.task.name
+            outcome = asyncio.run(call_async(prepared)) if prepared.task.is_async else call(prepared)
+    except BaseException as exc:  # e.g. CancelledError out of asyncio.run: the job fails, we live
+        outcome = crashed(task, exc)
+    return hooks.run_after_run(job, outcome) if hooks.after_run else outcome
+
+
+class InlineRunner:
+    """Runs each job to the end inside ``submit()``, in the caller's thread (the worker loop).
+
+    For tests: a step of the loop leases, runs and reports its jobs before it
+    returns, so the next step acks them, with no thread to wait for.
+    """
+
+    def __init__(self, app: App, on_done: OnDone) -> None:
+        self.app = app
+        self.hooks = Hooks(app.middleware)
+        self._on_done = on_done
+
+    def submit(self, job: ReservedJob) -> None:
+        self._on_done(job, run_job(self.app, self.hooks, job))
+
+    def stop(self) -> None:
+        pass
 
 
 class AsyncLoop:
@@ -88,6 +140,7 @@ class ThreadRunner:
         self._lock = threading.Lock()
         self._async: AsyncLoop | None = None
         self._stopped = False
+        self.hooks = Hooks(app.middleware)
 
     def submit(self, job: ReservedJob) -> None:
         with self._lock:
@@ -112,18 +165,29 @@ class ThreadRunner:
     def run_one(self, job: ReservedJob) -> None:
         """Run ``job`` here (or hand an async task to the loop) and report it; never raises."""
         task = ""
+        hooks = self.hooks
         try:
-            prepared = prepare_job(self.app, job)
+            if hooks.before_run:
+                hooks.run_before_run(job)
+            prepared = decode_leased(self.app, job)
             if isinstance(prepared, Outcome):
                 outcome = prepared
             else:
                 task = prepared.task.name
                 if prepared.task.is_async:
-                    self._loop().submit(prepared, job, self._report)
+                    self._loop().submit(prepared, job, self._ran)
                     return
                 outcome = call(prepared)
         except BaseException as exc:  # nothing above should raise; if it does, the job still fails
             outcome = crashed(task, exc)
+        if hooks.after_run:
+            outcome = hooks.run_after_run(job, outcome)
+        self._report(job, outcome)
+
+    def _ran(self, job: ReservedJob, outcome: Outcome) -> None:
+        """An async job ended (in the event loop's thread): after_run there, then report."""
+        if self.hooks.after_run:
+            outcome = self.hooks.run_after_run(job, outcome)
         self._report(job, outcome)
 
     def _report(self, job: ReservedJob, outcome: Outcome) -> None:

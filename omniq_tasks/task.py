@@ -17,6 +17,7 @@ from .errors import InvalidOptionError, PayloadTooLargeError, TaskArgumentError,
 from .envelope import build_envelope
 from .ids import new_job_ids
 from .keys import validate_gid, validate_queue
+from .middleware import run_before_publish
 from .results import JobHandle
 
 if TYPE_CHECKING:
@@ -181,6 +182,8 @@ class Task(Generic[P, R]):
         spec = self.encode_call(
             tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()),
             **options)
+        if self.app.middleware:
+            run_before_publish(self.app, self, spec)
         client = self.app.client
         published = client.publish_spec(target, spec, wake_cap=self.app.wake_cap)
         return JobHandle(client, target, published.job_id, published.existed)
@@ -211,6 +214,9 @@ class Task(Generic[P, R]):
                 specs.append(job_spec(payload, job_id=job_id, max_attempts=self.max_attempts,
                                       timeout_ms=self.timeout_ms, backoff_ms=self.backoff_ms,
                                       gid=gid, group_limit=self.group_limit))
+        if self.app.middleware:  # after every item is checked: a refused item publishes nothing
+            for spec in specs:
+                run_before_publish(self.app, self, spec)
         client = self.app.client
         published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
         return [JobHandle(client, target, p.job_id, p.existed) for p in published]

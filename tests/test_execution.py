@@ -1,6 +1,6 @@
-"""Running one job without a worker: execution.prepare / call / call_async / describe_exception.
+"""Running one job without a worker: execution.decode_job / call / call_async / describe_exception.
 
-prepare() decides which task a payload is for and decodes its arguments, or returns
+decode_job() decides which task a payload is for and decodes its arguments, or returns
 the Outcome that fails the job (``final`` when retrying cannot help). Redis is only
 used where a JobContext needs a real client.
 """
@@ -22,7 +22,7 @@ from omniq_tasks.app import App
 from omniq_tasks.context import JobContext
 from omniq_tasks.envelope import build_envelope, read_envelope
 from omniq_tasks.execution import (
-    MAX_ERROR_CHARS, Outcome, PreparedCall, call, call_async, describe_exception, prepare,
+    MAX_ERROR_CHARS, Outcome, PreparedCall, call, call_async, decode_job, describe_exception,
 )
 
 NOWHERE = "redis://127.0.0.1:1/0"
@@ -70,7 +70,7 @@ def app() -> App:
 
 def run_prepare(app: App, payload: str | bytes, queue: str = "jobs",
                 make_context: Callable[[], JobContext] = no_context) -> PreparedCall | Outcome:
-    return prepare(app.registry, queue, payload, make_context)
+    return decode_job(app.registry, queue, payload, make_context)
 
 
 def prepared(app: App, payload: str | bytes, queue: str = "jobs", **kw: Any) -> PreparedCall:
@@ -113,7 +113,7 @@ def test_unknown_task_fails_at_once_naming_the_known_tasks(app: App) -> None:
 
 def test_unknown_task_with_an_empty_registry() -> None:
     empty = App("empty", NOWHERE)
-    outcome = prepare(empty.registry, "jobs", '{"task":"x","kwargs":{}}', no_context)
+    outcome = decode_job(empty.registry, "jobs", '{"task":"x","kwargs":{}}', no_context)
     assert isinstance(outcome, Outcome) and outcome.final
     assert "known tasks: none" in outcome.error
 
@@ -451,14 +451,14 @@ def test_a_decoder_crash_fails_the_job_for_good_naming_the_error(app: App) -> No
     def explodes(value: Exploding) -> None:
         raise AssertionError("never called")
 
-    outcome = prepare(app.registry, "boom", '{"n": 1}', no_context)
+    outcome = decode_job(app.registry, "boom", '{"n": 1}', no_context)
     assert outcome == Outcome(False, "explodes", "payload could not be decoded: MemoryError: no memory left "
                               "while decoding (simulated)", final=True)
 
 
 def test_a_payload_nested_100000_deep_fails_for_good(app: App) -> None:
     deep = '{"task":"ship","args":' + "[" * 100_000 + "]" * 100_000 + "}"
-    outcome = prepare(app.registry, "jobs", deep, no_context)
+    outcome = decode_job(app.registry, "jobs", deep, no_context)
     assert isinstance(outcome, Outcome) and (outcome.ok, outcome.final) == (False, True)
     assert outcome.error.startswith("payload could not be decoded: ") and len(outcome.error) < 300
 

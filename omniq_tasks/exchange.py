@@ -1,0 +1,241 @@
+"""The worker's round trip: ack what finished and lease jobs into the free slots, at once.
+
+Every call here is safe to send twice: a round trip that fails stays pending and
+is sent again with the very same arguments (the batch scripts answer a repeat
+with their first answer, see docs/reliability.md), never rebuilt, so a reserve
+that Redis ran before the connection dropped is not run a second time.
+
+Queue order: with several queues, each round trip fills free slots from the
+first queue first and moves to the next only while slots remain.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Callable, Sequence
+
+from .client import CorruptLease, OmniqClient, parse_ack_batch, parse_ack_fail_batch, parse_leases
+from .execution import Outcome
+from .leases import Leases
+from .middleware import AckResult, Hooks
+from .models import AckFailResult, QueuePaused, ReservedJob
+from .scripts import ScriptCall
+from .troubles import Troubles
+
+log = logging.getLogger("omniq_tasks.worker")
+
+# Leases and acks per script call (the batch scripts take at most 1000).
+BATCH_MAX = 1000
+Finished = tuple[ReservedJob, Outcome]
+Settled = list[tuple[ReservedJob, Outcome, float]]  # with the ms since it was leased
+_LATE = AckResult("lost", reason="finished after its lease ended")
+
+
+class Exchange:
+    """One round trip: the calls, what to do with each reply, and what it settles.
+
+    Built once and kept until Redis answered it: a failed send is repeated as it is.
+    """
+
+    __slots__ = ("calls", "handlers", "settles", "unacked", "reserve", "then")
+
+    def __init__(self) -> None:
+        self.calls: list[ScriptCall] = []
+        self.handlers: list[Callable[[Any], None]] = []
+        self.settles: list[str] = []   # job ids whose results these calls report
+        self.unacked: list[Finished] = []  # settled without an ack: their lease had ended
+        self.reserve: str | None = None  # queue of the last call, a reserve_batch
+        self.then: list[str] = []      # queues to lease from next, while slots stay free
+
+
+class Exchanger:
+    """Builds, sends and settles the round trips of one worker.
+
+    ``unsent`` (finished jobs) and ``corrupt`` (leased jobs that cannot run) go
+    into the next round trip; ``pending`` is one Redis has not answered yet.
+    Leased jobs are added to ``leases`` and handed to ``start``.
+    """
+
+    def __init__(self, client: OmniqClient, queues: Sequence[str], concurrency: int, leases: Leases,
+                 start: Callable[[ReservedJob], None], troubles: Troubles, hooks: Hooks,
+                 paused_backoff_s: float) -> None:
+        self.client = client
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.leases = leases
+        self.start = start
+        self.troubles = troubles
+        self.hooks = hooks
+        self.paused_backoff_s = paused_backoff_s
+        self.unsent: list[Finished] = []
+        self.corrupt: list[CorruptLease] = []
+        self.pending: Exchange | None = None
+        self.paused_until: dict[str, float] = {}
+        self.processed = 0
+        self.failures = 0
+
+    def busy(self) -> bool:
+        """Something is still to be sent or resent."""
+        return bool(self.unsent or self.corrupt or self.pending)
+
+    def exchange(self, now: float, leasing: bool = True) -> int:
+        """Ack what finished and (while ``leasing``) lease into the free slots; returns jobs started.
+
+        A round trip that fails stays pending and is sent again, unchanged, first;
+        ConnectionError/TimeoutError are raised to the loop, which backs off.
+        """
+        started = self._send(now) if self.pending is not None else 0
+        if self.unsent or self.corrupt or leasing:
+            self.pending = self._build(now, leasing)
+            if self.pending is not None:
+                started += self._send(now)
+        return started
+
+    def _build(self, now: float, leasing: bool) -> Exchange | None:
+        ex = Exchange()
+        succeeded: dict[str, Settled] = {}
+        failed: dict[str, Settled] = {}
+        for job, outcome in self.unsent:
+            lease = self.leases.get(job.job_id)
+            ex.settles.append(job.job_id)
+            elapsed_ms = (now - lease.started) * 1000 if lease else 0.0
+            if lease is None or lease.lost:
+                log.warning("lease lost: %s job=%s queue=%s finished after its lease ended; not acked",
+                            outcome.task or "?", job.job_id, job.queue)
+                ex.unacked.append((job, outcome))
+            else:
+                (succeeded if outcome.ok else failed).setdefault(job.queue, []).append((job, outcome, elapsed_ms))
+        for bad in self.corrupt:
+            failed.setdefault(bad.job.queue, []).append(
+                (bad.job, Outcome(False, "", f"corrupt job, not run: {bad.problem}", final=True), 0.0))
+        self.unsent, self.corrupt = [], []
+        for queue, done in succeeded.items():
+            for i in range(0, len(done), BATCH_MAX):
+                chunk = done[i:i + BATCH_MAX]
+                ex.calls.append(self.client.ack_success_batch_call(
+                    queue, [(job.job_id, job.lease_token) for job, _, _ in chunk]))
+                ex.handlers.append(partial(self._acked, queue, chunk))
+        for queue, done in failed.items():
+            for i in range(0, len(done), BATCH_MAX):
+                chunk = done[i:i + BATCH_MAX]
+                # retry_at_ms is not sent yet: ack_fail retries after the job's backoff_ms.
+                ex.calls.append(self.client.ack_fail_batch_call(
+                    queue, [(job.job_id, job.lease_token, o.error, o.final) for job, o, _ in chunk]))
+                ex.handlers.append(partial(self._failed, queue, chunk))
+        ready = [q for q in self.queues if self.paused_until.get(q, 0.0) <= now]
+        free = min(self.concurrency - len(self.leases) + len(ex.settles), BATCH_MAX)
+        if free > 0 and ready and leasing:
+            ex.calls.append(self.client.reserve_batch_call(ready[0], free))
+            ex.reserve, ex.then = ready[0], ready[1:]
+        return ex if ex.calls or ex.settles else None
+
+    def _send(self, now: float) -> int:
+        """Send the pending round trip; on success settle it and return the jobs started."""
+        ex = self.pending
+        assert ex is not None
+        replies = self.client.scripts.call_many(ex.calls)  # raises (kept pending) if Redis is unreachable
+        self.pending = None
+        for job_id in ex.settles:
+            self.leases.pop(job_id)
+        self.processed += len(ex.settles)
+        for handle, reply in zip(ex.handlers, replies):
+            handle(reply)
+        if ex.unacked and self.hooks.after_ack:
+            for job, outcome in ex.unacked:
+                self.hooks.run_after_ack(job, outcome, _LATE)
+        if ex.reserve is None:
+            return 0
+        started = self._lease(ex.reserve, replies[-1], now)
+        free = min(self.concurrency - len(self.leases), BATCH_MAX)
+        if ex.then and free > 0:  # later queues only get what the earlier ones left
+            nxt = Exchange()
+            nxt.calls.append(self.client.reserve_batch_call(ex.then[0], free))
+            nxt.reserve, nxt.then = ex.then[0], ex.then[1:]
+            self.pending = nxt
+            started += self._send(now)
+        return started
+
+    def _lease(self, queue: str, reply: Any, now: float) -> int:
+        if isinstance(reply, Exception):
+            self.troubles.start("reserve", f"leasing jobs from queue {queue} failed (retrying in "
+                                           f"{self.paused_backoff_s:.1f} s): {reply}")
+            self.paused_until[queue] = now + self.paused_backoff_s
+            return 0
+        self.troubles.over("reserve")
+        parsed = parse_leases(queue, reply)
+        if isinstance(parsed, QueuePaused):
+            self.paused_until[queue] = now + self.paused_backoff_s
+            return 0
+        jobs, corrupt = parsed
+        for bad in corrupt:
+            log.error("job=%s queue=%s cannot be run and is failed: %s", bad.job.job_id, queue, bad.problem)
+        self.corrupt += corrupt
+        add, start = self.leases.add, self.start
+        for job in jobs:
+            add(job, now)
+            start(job)
+        return len(jobs)
+
+    # -- what Redis answered to the acks --------------------------------------------
+
+    def _acked(self, queue: str, done: Settled, reply: Any) -> None:
+        after_ack = self.hooks.after_ack
+        if isinstance(reply, Exception):
+            log.error("ack of %d finished job(s) in queue %s failed (they run again after their lease): %s",
+                      len(done), queue, reply)
+            if after_ack:
+                result = AckResult("error", reason=str(reply))
+                for job, outcome, _ in done:
+                    self.hooks.run_after_ack(job, outcome, result)
+            return
+        lost = parse_ack_batch(reply)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if lost or debug:
+            for n, (job, outcome, elapsed_ms) in enumerate(done):
+                if n in lost:
+                    log.warning("lease lost: %s job=%s queue=%s was not acked: %s",
+                                outcome.task, job.job_id, queue, lost[n])
+                elif debug:
+                    log.debug("done %s job=%s queue=%s attempt=%d/%d in %.1f ms", outcome.task,
+                              job.job_id, job.queue, job.attempt, job.max_attempts, elapsed_ms)
+        if after_ack:
+            completed = AckResult("completed")
+            for n, (job, outcome, _) in enumerate(done):
+                self.hooks.run_after_ack(
+                    job, outcome, AckResult("lost", reason=lost[n]) if n in lost else completed)
+
+    def _failed(self, queue: str, done: Settled, reply: Any) -> None:
+        self.failures += len(done)
+        after_ack = self.hooks.after_ack
+        if isinstance(reply, Exception):
+            log.error("ack of %d failed job(s) in queue %s failed (they run again after their lease): %s",
+                      len(done), queue, reply)
+            if after_ack:
+                error = AckResult("error", reason=str(reply))
+                for job, outcome, _ in done:
+                    self.hooks.run_after_ack(job, outcome, error)
+            return
+        for (job, outcome, elapsed_ms), result in zip(done, parse_ack_fail_batch(reply)):
+            first_line = outcome.error.split("\n", 1)[0]
+            if not isinstance(result, AckFailResult):
+                log.warning("lease lost: %s job=%s queue=%s failed but was not acked: %s",
+                            outcome.task or "?", job.job_id, queue, result)
+            elif result.status == "RETRY":
+                log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry at %s: %s",
+                            outcome.task, job.job_id, queue, job.attempt, job.max_attempts,
+                            elapsed_ms, result.due_ms, first_line)
+            else:
+                log.error("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, for good: %s",
+                          outcome.task or "?", job.job_id, queue, job.attempt, job.max_attempts,
+                          elapsed_ms, first_line)
+            if after_ack:
+                self.hooks.run_after_ack(job, outcome, _ack_result(result))
+
+
+def _ack_result(result: AckFailResult | str) -> AckResult:
+    if not isinstance(result, AckFailResult):
+        return AckResult("lost", reason=result)
+    if result.status == "RETRY":
+        return AckResult("retry", due_ms=result.due_ms)
+    return AckResult("failed")

@@ -1,0 +1,64 @@
+"""Lease renewal: one round trip renews every lease that is due (see leases.py for when)."""
+
+from __future__ import annotations
+
+import logging
+
+import redis as redis_lib
+
+from .client import OmniqClient, parse_heartbeat_batch
+from .leases import Lease, Leases
+from .troubles import Troubles
+
+log = logging.getLogger("omniq_tasks.worker")
+
+# Leases per heartbeat_batch call (the script takes at most 1000).
+BATCH_MAX = 1000
+# After a renewal Redis refused or could not take, try again this much later.
+RETRY_S = 0.5
+
+
+class Renewal:
+    """Renews the due leases of ``leases``: one heartbeat_batch call per queue and 1000 leases."""
+
+    def __init__(self, client: OmniqClient, leases: Leases, troubles: Troubles) -> None:
+        self.client = client
+        self.leases = leases
+        self.troubles = troubles
+
+    def due(self, now: float) -> bool:
+        return now >= self.leases.next_due
+
+    def renew(self, now: float) -> None:
+        """Renew every lease that is due; raises ConnectionError/TimeoutError (renewals retried later)."""
+        due = self.leases.due(now)
+        groups: list[list[Lease]] = []
+        by_queue: dict[str, list[Lease]] = {}
+        for lease in due:
+            by_queue.setdefault(lease.job.queue, []).append(lease)
+        for held in by_queue.values():
+            groups += [held[i:i + BATCH_MAX] for i in range(0, len(held), BATCH_MAX)]
+        try:
+            replies = self.client.scripts.call_many([
+                self.client.heartbeat_batch_call(g[0].job.queue, [(x.job.job_id, x.job.lease_token) for x in g])
+                for g in groups])
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError):
+            self.leases.retry_later(due, now, RETRY_S)
+            self.leases.reschedule()
+            raise
+        for group, reply in zip(groups, replies):
+            if isinstance(reply, Exception):  # e.g. Redis busy: try again soon, say so once
+                self.troubles.start("heartbeat", f"renewing {len(group)} lease(s) failed, retrying every "
+                                                 f"{RETRY_S} s: {reply}")
+                self.leases.retry_later(group, now, RETRY_S)
+                continue
+            self.troubles.over("heartbeat")
+            server_now, locks = parse_heartbeat_batch(reply)
+            for lease, lock in zip(group, locks):
+                if isinstance(lock, int):
+                    self.leases.renewed(lease, now, lock, server_now)
+                else:
+                    lease.lost = True
+                    log.warning("lease lost: job=%s queue=%s (%s); it will not be acked",
+                                lease.job.job_id, lease.job.queue, lock)
+        self.leases.reschedule()
