@@ -377,7 +377,8 @@ class Suite:
             raise BenchError(f"worker ({kind}) exited with {rc}; log: {self.log_tail(log_name)}")
         records = [json.loads(Path(p).read_text()) for p in glob.glob(str(times_dir / "times-*.json"))]
         count = sum(r["count"] for r in records)
-        left = self.redis.zcard(f"{{{queue}}}:idx:wait") + self.redis.zcard(f"{{{queue}}}:active")
+        from omniq_tasks import keys
+        left = self.redis.zcard(keys.idx_key(queue, "wait")) + self.redis.zcard(keys.lane_key(queue, "active"))
         if count != n or left:
             raise BenchError(f"worker ({kind}) ran {count} of {n} jobs and left {left} in the queue "
                              f"(exit {rc}); log: {self.log_tail(log_name)}")
@@ -500,7 +501,8 @@ class Suite:
     def _foreign(self) -> None:
         """Jobs from the plain low-level publish (no wake token): picked up by the poll."""
         lat = self.bench_app.lat
-        wake_key = "{bench-lat}:wake"
+        from omniq_tasks import keys
+        wake_key = keys.wake_key(lat.queue)
         self.redis.delete(wake_key)
         time.sleep(0.2)
         rng = random.Random(7)

@@ -68,21 +68,15 @@ def own_queue(app: App) -> str:
     while True:
         queue = f"demo-emails-{secrets.token_hex(4)}"
         with redis_errors(app.client.url):
-            if not any(True for _ in app.client.redis.scan_iter(match=_pattern(queue), count=1000)):
+            if not any(True for _ in app.client.redis.scan_iter(match=keys.queue_pattern(queue), count=1000)):
                 return queue
-
-
-def _pattern(queue: str) -> str:
-    """A SCAN pattern for every key of ``queue`` (they all start with its hash tag)."""
-    # Queue names hold no glob characters (keys.validate_queue), so no escaping.
-    return keys.queue_anchor(queue).split(":", 1)[0] + ":*"
 
 
 def remove_queue(app: App, queue: str) -> int:
     """Delete every key of ``queue`` and nothing else; returns how many went."""
     redis = app.client.redis
     with redis_errors(app.client.url):
-        found = list(redis.scan_iter(match=_pattern(queue), count=1000))
+        found = list(redis.scan_iter(match=keys.queue_pattern(queue), count=1000))
         for start in range(0, len(found), 500):
             redis.delete(*found[start:start + 500])
     return len(found)

@@ -95,11 +95,25 @@ def child_anchor(key: str) -> str:
     return "{cc:" + key + "}:meta"
 
 
+def queue_pattern(queue: str) -> str:
+    """``{Q}:*``: a SCAN pattern for every key of the queue (names hold no glob characters)."""
+    return queue_base(queue) + ":*"
+
+
+def lane_key(queue: str, lane: str) -> str:
+    """``{Q}:<lane>``: the wait, active, delayed, failed or completed lane itself."""
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {LANES}, got {lane!r}")
+    return f"{queue_base(queue)}:{lane}"
+
+
 def job_key(queue: str, job_id: str) -> str:
+    """``{Q}:job:<id>``: the job hash."""
     return f"{queue_base(queue)}:job:{job_id}"
 
 
 def idx_key(queue: str, lane: str) -> str:
+    """``{Q}:idx:<lane>``: the lane's mirror, score = entered at."""
     return f"{queue_base(queue)}:idx:{lane}"
 
 
@@ -109,10 +123,12 @@ def wake_key(queue: str) -> str:
 
 
 def stats_key(queue: str) -> str:
+    """``{Q}:stats``: the queue's counters and times."""
     return queue_base(queue) + ":stats"
 
 
 def paused_key(queue: str) -> str:
+    """``{Q}:paused``: exists while the queue is paused."""
     return queue_base(queue) + ":paused"
 
 
