@@ -219,6 +219,43 @@ def pool_reports() -> Iterator[Callable[[int], tuple[ProcessRunner, Reports]]]:
         runner.stop()
 
 
+MIDDLEWARE_APP = """
+import os
+from omniq_tasks import App
+from omniq_tasks.execution import Outcome
+from omniq_tasks.middleware import Middleware
+
+class InChild(Middleware):
+    def before_run(self, job):
+        self.pid = os.getpid()
+
+    def after_run(self, job, outcome):
+        # Proves both hooks ran in the child, and that a replaced outcome crosses whole.
+        return Outcome(outcome.ok, outcome.task, f"ran in {self.pid}", result=outcome.result,
+                       retry_at_ms=1_700_000_000_123, duration_ms=outcome.duration_ms)
+
+app = App("with-middleware", queue="pq", middleware=[InChild()])
+
+@app.task(name="pair")
+def pair(a: int) -> tuple[int, str]:
+    return a, str(os.getpid())
+"""
+
+
+def test_process_pool_carries_the_whole_outcome_and_runs_the_hooks_in_the_child(
+        pool_reports: Callable[..., tuple[ProcessRunner, Reports]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mw_app.py").write_text(MIDDLEWARE_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned children get our sys.path
+    runner, reports = pool_reports(1, "mw_app:app")
+    runner.submit(make_job("pair-1", "pair", a=5))
+    outcome = reports.wait(["pair-1"])["pair-1"]
+    child = msgspec.json.decode(outcome.result)
+    assert outcome.ok and outcome.task == "pair" and child[0] == 5 and int(child[1]) != os.getpid()
+    assert outcome.error == f"ran in {child[1]}" and outcome.retry_at_ms == 1_700_000_000_123
+    assert outcome.duration_ms > 0
+
+
 def test_process_pool_child_exit_charges_only_its_job(
         pool_reports: Callable[[int], tuple[ProcessRunner, Reports]], tmp_path: Path) -> None:
     runner, reports = pool_reports(2)
