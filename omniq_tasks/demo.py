@@ -21,6 +21,7 @@ import msgspec
 from . import keys
 from .app import App
 from .client import redis_errors
+from .defaults import READ_PAGE
 from .context import JobContext
 from .testing import RedisServer
 from .urls import redact_url
@@ -68,7 +69,7 @@ def own_queue(app: App) -> str:
     while True:
         queue = f"demo-emails-{secrets.token_hex(4)}"
         with redis_errors(app.client.url):
-            if not any(True for _ in app.client.redis.scan_iter(match=keys.queue_pattern(queue), count=1000)):
+            if not any(True for _ in app.client.redis.scan_iter(match=keys.queue_pattern(queue), count=READ_PAGE)):
                 return queue
 
 
@@ -76,7 +77,7 @@ def remove_queue(app: App, queue: str) -> int:
     """Delete every key of ``queue`` and nothing else; returns how many went."""
     redis = app.client.redis
     with redis_errors(app.client.url):
-        found = list(redis.scan_iter(match=keys.queue_pattern(queue), count=1000))
+        found = list(redis.scan_iter(match=keys.queue_pattern(queue), count=READ_PAGE))
         for start in range(0, len(found), 500):
             redis.delete(*found[start:start + 500])
     return len(found)
