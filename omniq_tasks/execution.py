@@ -220,6 +220,8 @@ def call(prepared: PreparedCall) -> Outcome:
         value = prepared.task.fn(**prepared.kwargs)
     except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
         return crashed(prepared.task.name, exc, (perf_counter() - start) * 1000)
+    if value is None:  # most tasks: no result to encode (inlined, this is per job)
+        return Outcome(True, prepared.task.name, duration_ms=(perf_counter() - start) * 1000)
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
 
 

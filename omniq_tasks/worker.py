@@ -25,7 +25,7 @@ import redis as redis_lib
 
 from . import keys
 from .errors import OmniqError
-from .exchange import BATCH_MAX, Exchanger, Finished
+from .exchange import Exchanger, Finished
 from .execution import Outcome
 from .leases import Leases
 from .maintenance import Maintenance
@@ -54,7 +54,6 @@ LINGER_S = 0.0002
 # Errors that mean Redis could not be reached; the loop backs off and retries.
 UNREACHABLE = (redis_lib.ConnectionError, redis_lib.TimeoutError)
 POOLS = ("threads", "processes", "inline")
-__all__ = ["Worker", "BATCH_MAX", "DEFAULT_THREAD_SLOTS"]
 
 
 class Worker:
