@@ -290,7 +290,7 @@ class Suite:
         return OfficialClient(redis=redis.Redis(port=self.port, decode_responses=True))
 
     def publish_single_peer(self, n: int) -> float:
-        from omniq_tasks.ids import new_job_id
+        from omniq_tasks.protocol.ids import new_job_id
         self.flush()
         client = self.official_client()
         name = self.bench_app.noop.name
@@ -346,7 +346,7 @@ class Suite:
     # -- processing -------------------------------------------------------------------
 
     def _enqueue_raw(self, queue: str, payloads: list[bytes], gids: list[str] | None = None) -> None:
-        from omniq_tasks.client import job_spec
+        from omniq_tasks.protocol.client import job_spec
         specs = [job_spec(p, gid=gids[i] if gids else None, group_limit=1 if gids else 0)
                  for i, p in enumerate(payloads)]
         self.low.enqueue_many(queue, specs, wake_cap=0)
@@ -377,7 +377,7 @@ class Suite:
             raise BenchError(f"worker ({kind}) exited with {rc}; log: {self.log_tail(log_name)}")
         records = [json.loads(Path(p).read_text()) for p in glob.glob(str(times_dir / "times-*.json"))]
         count = sum(r["count"] for r in records)
-        from omniq_tasks import keys
+        from omniq_tasks.protocol import keys
         left = self.redis.zcard(keys.idx_key(queue, "wait")) + self.redis.zcard(keys.lane_key(queue, "active"))
         if count != n or left:
             raise BenchError(f"worker ({kind}) ran {count} of {n} jobs and left {left} in the queue "
@@ -501,7 +501,7 @@ class Suite:
     def _foreign(self) -> None:
         """Jobs from the plain low-level publish (no wake token): picked up by the poll."""
         lat = self.bench_app.lat
-        from omniq_tasks import keys
+        from omniq_tasks.protocol import keys
         wake_key = keys.wake_key(lat.queue)
         self.redis.delete(wake_key)
         time.sleep(0.2)
@@ -521,7 +521,7 @@ class Suite:
                             f"latency ms: {', '.join(f'{v:.0f}' for v in values)}")
 
     def latency_peer(self) -> None:
-        from omniq_tasks.ids import new_job_id
+        from omniq_tasks.protocol.ids import new_job_id
         self.flush()
         queue = "bench-lat-peer"
         log_name = "peer-latency.log"

@@ -2,7 +2,7 @@
 
 The top level holds what an application uses. The rest has one home each:
 every exception in :mod:`omniq_tasks.errors`, the low-level client's results in
-:mod:`omniq_tasks.models`, defaults and limits in :mod:`omniq_tasks.defaults`.
+:mod:`omniq_tasks.protocol.models`, defaults and limits in :mod:`omniq_tasks.defaults`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 from .app import App
-from .client import JobSpec, OmniqClient, job_spec
+from .protocol.client import JobSpec, OmniqClient, job_spec
 from .context import JobContext
 from .errors import (
     BackendError, InvalidNameError, OmniqConnectionError, OmniqError, PayloadError, ProtocolError,
@@ -38,8 +38,8 @@ __all__ = [
 # Names the top level used to export, and the module that holds each now.
 _MOVED = {
     **dict.fromkeys(("AckFailResult", "BatchItem", "JobInfo", "Published", "QueueEmpty", "QueuePaused",
-                     "QueueStats", "ReservedJob", "ReserveResult"), "models"),
-    "connect": "client", "new_job_id": "ids", "scripts_dir": "scripts",
+                     "QueueStats", "ReservedJob", "ReserveResult"), "protocol.models"),
+    "connect": "protocol.client", "new_job_id": "protocol.ids", "scripts_dir": "protocol.scripts",
 }
 
 

@@ -12,13 +12,13 @@ from typing_extensions import Concatenate, ParamSpec
 
 from . import defaults
 from .defaults import check_int
-from .client import OmniqClient
+from .protocol.client import OmniqClient
 from .context import JobContext
-from .keys import validate_queue
+from .protocol.keys import validate_queue
 from .middleware import Middleware
 from .registry import Registry
 from .task import GidRule, Task
-from .urls import redact_url
+from .protocol.urls import redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")

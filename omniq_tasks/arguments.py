@@ -16,7 +16,7 @@ from typing import Any, Callable
 import msgspec
 
 from .context import JobContext
-from .envelope import MAX_NESTING, describe_difference, find_nonfinite, first_difference, to_plain, too_deep
+from .protocol.payload import MAX_NESTING, describe_difference, find_nonfinite, first_difference, to_plain, too_deep
 from .errors import TaskArgumentError, TaskDefinitionError
 
 __all__ = ["ArgumentCodec", "TaskArgumentError", "TaskDefinitionError", "check_same",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import OmniqClient
-    from .models import Published
+    from .protocol.client import OmniqClient
+    from .protocol.models import Published
 
 
 class JobContext:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import msgspec
 
-from .execution import Outcome
+from .outcome import Outcome
 
 if TYPE_CHECKING:
     from .app import App
-    from .client import JobSpec
-    from .models import ReservedJob
+    from .protocol.client import JobSpec
+    from .protocol.models import ReservedJob
     from .task import Task
-    from .worker import Worker
+    from .worker.loop import Worker
 
 log = logging.getLogger("omniq_tasks.middleware")
 

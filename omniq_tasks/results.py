@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from .models import JobInfo
+from .protocol.models import JobInfo
 
 if TYPE_CHECKING:
-    from .client import OmniqClient
+    from .protocol.client import OmniqClient
 
 
 class JobStatus(str, enum.Enum):

@@ -11,12 +11,12 @@ import msgspec
 from typing_extensions import ParamSpec, Unpack
 
 from .arguments import ArgumentCodec, check_same, describe_decode_error, encode_checked
-from .client import JobSpec, job_spec
+from .protocol.client import JobSpec, job_spec
 from .context import JobContext
 from .errors import InvalidOptionError, PayloadTooLargeError, TaskArgumentError, TaskDefinitionError
 from .envelope import build_envelope
-from .ids import new_job_ids
-from .keys import validate_gid, validate_queue
+from .protocol.ids import new_job_ids
+from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
 from .results import JobHandle
 

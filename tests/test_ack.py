@@ -11,7 +11,7 @@ from helpers_state import (
 )
 from omniq_tasks import OmniqClient
 from omniq_tasks.errors import LeaseLostError, TokenMismatchError, TokenRequiredError
-from omniq_tasks.models import AckFailResult, ReservedJob
+from omniq_tasks.protocol.models import AckFailResult, ReservedJob
 
 Q = "acks"
 

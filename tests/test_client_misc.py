@@ -15,9 +15,9 @@ import redis
 import omniq_tasks
 from helpers_state import assert_invariants
 from omniq_tasks import InvalidNameError, OmniqClient, OmniqError
-from omniq_tasks.models import BatchItem, JobInfo, QueueStats, ReservedJob
-from omniq_tasks.scripts import scripts_dir
-from omniq_tasks import scripts as scripts_module
+from omniq_tasks.protocol.models import BatchItem, JobInfo, QueueStats, ReservedJob
+from omniq_tasks.protocol.scripts import scripts_dir
+from omniq_tasks.protocol import scripts as scripts_module
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import AckFailResult, BatchItem, QueuePaused, ReservedJob
+from omniq_tasks.protocol.models import AckFailResult, BatchItem, QueuePaused, ReservedJob
 
 pytestmark = pytest.mark.cluster
 

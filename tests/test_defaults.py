@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from omniq_tasks import App, OmniqClient, defaults, execution, job_spec
-from omniq_tasks.client import JobSpec
+from omniq_tasks import App, OmniqClient, defaults, job_spec
+from omniq_tasks.worker import execution
+from omniq_tasks.protocol.client import JobSpec
 
 LUA_SRC = Path(__file__).resolve().parent.parent / "lua_src"
 

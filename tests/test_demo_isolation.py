@@ -11,7 +11,7 @@ import redis
 
 from helpers_state import snapshot
 from omniq_tasks import App, OmniqClient
-from omniq_tasks.cli import main
+from omniq_tasks.cli.main import main
 from redis_server import RedisServer
 
 

@@ -14,7 +14,7 @@ from helpers_state import (
 )
 from omniq_tasks import InvalidNameError, OmniqClient, OmniqError, PayloadError
 from omniq_tasks.errors import PayloadTooLargeError
-from omniq_tasks.models import Published
+from omniq_tasks.protocol.models import Published
 
 Q = "emails"
 

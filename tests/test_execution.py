@@ -17,11 +17,11 @@ import redis
 
 from omniq_tasks import OmniqClient
 from omniq_tasks.errors import LeaseLostError
-from omniq_tasks.models import ReservedJob
+from omniq_tasks.protocol.models import ReservedJob
 from omniq_tasks.app import App
 from omniq_tasks.context import JobContext
 from omniq_tasks.envelope import build_envelope, read_envelope
-from omniq_tasks.execution import (
+from omniq_tasks.worker.execution import (
     MAX_ERROR_CHARS, Outcome, PreparedCall, call, call_async, decode_job, describe_exception,
 )
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from helpers_state import assert_invariants, snapshot
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import QueuePaused, ReservedJob
-from omniq_tasks.client import JobSpec, job_spec
+from omniq_tasks.protocol.models import QueuePaused, ReservedJob
+from omniq_tasks.protocol.client import JobSpec, job_spec
 from redis_server import RedisServer
 
 Q = "ext"
@@ -226,7 +226,7 @@ def test_job_ids_are_ulids_and_monotonic_also_after_fork() -> None:
 
     from ulid import ULID
 
-    from omniq_tasks.ids import new_job_id, new_job_ids, ulid_text
+    from omniq_tasks.protocol.ids import new_job_id, new_job_ids, ulid_text
 
     for _ in range(2000):
         value = random.getrandbits(128)

@@ -7,7 +7,7 @@ import pytest
 from helpers_state import assert_invariants, job, snapshot
 from omniq_tasks import OmniqClient, OmniqError, ProtocolError
 from omniq_tasks.errors import LeaseLostError, NotActiveError, TokenMismatchError, TokenRequiredError
-from omniq_tasks.models import ReservedJob
+from omniq_tasks.protocol.models import ReservedJob
 
 Q = "beats"
 

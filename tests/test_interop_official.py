@@ -3,7 +3,7 @@
 Two kinds of tests, all on real redis-server processes:
 
 * Differential: one scripted scenario runs twice, on two flushed DBs, once with the
-  reference scripts shipped in the SDK and once with ours (``omniq_tasks.scripts.scripts_dir()``)
+  reference scripts shipped in the SDK and once with ours (``omniq_tasks.protocol.scripts.scripts_dir()``)
   loaded into the same official client. Every call's answer and the whole Redis state
   after every call must match, once the deliberate differences listed in
   ``normalize_state`` are normalized.
@@ -12,7 +12,7 @@ Two kinds of tests, all on real redis-server processes:
   ``consume(..., drain=True)`` loop runs jobs published by our client.
 
 The official SDK's ``ulid`` import clashes with our python-ulid, so every job id given
-to the official client is explicit (``omniq_tasks.ids.new_job_id()``). Clock values passed
+to the official client is explicit (``omniq_tasks.protocol.ids.new_job_id()``). Clock values passed
 as ``now_ms_override`` are never 0: the official client reads 0 as "use time.time()".
 """
 
@@ -33,15 +33,15 @@ from omniq.types import BatchResultItem, JobCtx, ReserveJob, ReservePaused
 
 import omniq_tasks
 from omniq_tasks import OmniqClient, ProtocolError
-from omniq_tasks.ids import new_job_id
-from omniq_tasks.models import QueueEmpty, QueuePaused
+from omniq_tasks.protocol.ids import new_job_id
+from omniq_tasks.protocol.models import QueueEmpty, QueuePaused
 from redis_server import RedisServer
 
 Q = "interop"
 T0 = 1_000_000  # scenario clock; far below any wall-clock ms value
 WALL_CLOCK_MS = 10**12  # a time stored at or above this came from a real clock
 REFERENCE_DIR = official_scripts.default_scripts_dir()
-OUR_DIR = omniq_tasks.scripts.scripts_dir()
+OUR_DIR = omniq_tasks.protocol.scripts.scripts_dir()
 
 
 def t(offset_ms: int) -> int:

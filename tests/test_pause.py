@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers_state import assert_invariants, assert_lanes, job, snapshot
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import QueuePaused, ReservedJob
+from omniq_tasks.protocol.models import QueuePaused, ReservedJob
 
 Q = "pausable"
 

@@ -10,7 +10,7 @@ from helpers_state import (
 )
 from omniq_tasks import OmniqClient
 from omniq_tasks.errors import TokenMismatchError
-from omniq_tasks.models import ReservedJob
+from omniq_tasks.protocol.models import ReservedJob
 
 Q = "maint"
 

@@ -51,7 +51,7 @@ def test_old_import_paths_still_work() -> None:
     with pytest.warns(DeprecationWarning, match="omniq_tasks.errors"):
         from omniq_tasks import LeaseLostError
     assert LeaseLostError is errors.LeaseLostError
-    with pytest.warns(DeprecationWarning, match="omniq_tasks.models"):
+    with pytest.warns(DeprecationWarning, match="omniq_tasks.protocol.models"):
         from omniq_tasks import ReservedJob  # noqa: F401
     with pytest.raises(ImportError):
         from omniq_tasks import NoSuchThing  # noqa: F401

@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from omniq_tasks import OmniqClient
-from omniq_tasks.keys import idx_key, stats_key
+from omniq_tasks.protocol.keys import idx_key, stats_key
 
 N = 20_000
 

@@ -19,8 +19,8 @@ import redis
 from drop_proxy import DropProxy
 from helpers_state import assert_invariants, job, snapshot, stats
 from omniq_tasks import OmniqClient
-from omniq_tasks.client import job_spec, parse_ack_fail_batch, parse_leases
-from omniq_tasks.models import AckFailResult
+from omniq_tasks.protocol.client import job_spec, parse_ack_fail_batch, parse_leases
+from omniq_tasks.protocol.models import AckFailResult
 from redis_server import RedisServer
 
 Q = "replay"

@@ -9,7 +9,7 @@ from helpers_state import (
     snapshot,
 )
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import QueueEmpty, QueuePaused, ReservedJob
+from omniq_tasks.protocol.models import QueueEmpty, QueuePaused, ReservedJob
 
 Q = "work"
 

@@ -11,7 +11,7 @@ from omniq_tasks import OmniqClient, ProtocolError
 from omniq_tasks.errors import (
     BadLaneError, BatchTooLargeError, JobActiveError, LaneMismatchError, NoJobError, NotFailedError, NotInLaneError,
 )
-from omniq_tasks.models import BatchItem, ReservedJob
+from omniq_tasks.protocol.models import BatchItem, ReservedJob
 
 Q = "ops"
 

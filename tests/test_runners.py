@@ -28,11 +28,11 @@ import redis
 
 import omniq_tasks
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import ReservedJob
+from omniq_tasks.protocol.models import ReservedJob
 from omniq_tasks.envelope import build_envelope
-from omniq_tasks.execution import Outcome
-from omniq_tasks.process_pool import ProcessRunner
-from omniq_tasks.runners import ThreadRunner
+from omniq_tasks.outcome import Outcome
+from omniq_tasks.worker.process_pool import ProcessRunner
+from omniq_tasks.worker.runners import ThreadRunner
 from redis_server import RedisServer
 from runner_apps import poison
 
@@ -222,7 +222,7 @@ def pool_reports() -> Iterator[Callable[[int], tuple[ProcessRunner, Reports]]]:
 MIDDLEWARE_APP = """
 import os
 from omniq_tasks import App
-from omniq_tasks.execution import Outcome
+from omniq_tasks.outcome import Outcome
 from omniq_tasks.middleware import Middleware
 
 class InChild(Middleware):

@@ -26,7 +26,7 @@ import omniq_tasks
 from omniq_tasks import App, OmniqClient
 from omniq_tasks.errors import PayloadTooLargeError
 from omniq_tasks.testing import make_ca
-from omniq_tasks.worker import Worker
+from omniq_tasks.worker.loop import Worker
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 from omniq_tasks import OmniqClient
-from omniq_tasks.models import ReservedJob
+from omniq_tasks.protocol.models import ReservedJob
 
 
 def test_publish_reserve_ack(client: OmniqClient, r) -> None:

@@ -48,12 +48,12 @@ from hypothesis.stateful import (
 )
 
 from omniq_tasks import OmniqClient
-from omniq_tasks.client import job_spec
+from omniq_tasks.protocol.client import job_spec
 from omniq_tasks.errors import (
     BatchTooLargeError, LeaseLostError, NotActiveError, ProtocolError, TokenMismatchError,
     TokenRequiredError,
 )
-from omniq_tasks.models import QueueEmpty, QueuePaused, ReservedJob
+from omniq_tasks.protocol.models import QueueEmpty, QueuePaused, ReservedJob
 from helpers_state import snapshot
 from redis_server import RedisServer
 

@@ -15,8 +15,8 @@ import redis
 from drop_proxy import DropProxy
 from helpers_state import assert_invariants, job
 from omniq_tasks import App, OmniqClient
-from omniq_tasks.client import parse_heartbeat_batch
-from omniq_tasks.worker import Worker
+from omniq_tasks.protocol.client import parse_heartbeat_batch
+from omniq_tasks.worker.loop import Worker
 from redis_server import RedisServer
 
 Q = "loop"

@@ -18,13 +18,13 @@ import redis
 
 from helpers_state import assert_invariants, job
 from omniq_tasks import App
-from omniq_tasks.execution import Outcome
+from omniq_tasks.outcome import Outcome
 from omniq_tasks.middleware import AckResult, Middleware
-from omniq_tasks.models import ReservedJob
-from omniq_tasks.process_pool import _decode_message, _Done, _encode
-from omniq_tasks.runners import OnDone, run_job
+from omniq_tasks.protocol.models import ReservedJob
+from omniq_tasks.worker.process_pool import _decode_message, _Done, _encode
+from omniq_tasks.worker.runners import OnDone, run_job
 from omniq_tasks.middleware import Hooks
-from omniq_tasks.worker import Worker
+from omniq_tasks.worker.loop import Worker
 from redis_server import RedisServer
 
 Q = "parts"

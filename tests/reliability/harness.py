@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
-from omniq_tasks.client import JobSpec, OmniqClient
+from omniq_tasks.protocol.client import JobSpec, OmniqClient
 from omniq_tasks.testing import free_port, redis_server_binary
 
 HERE = Path(__file__).resolve().parent

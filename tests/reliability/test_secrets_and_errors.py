@@ -17,10 +17,10 @@ from helpers_state import snapshot
 from omniq_tasks import (
     App, OmniqClient, OmniqConnectionError, OmniqError, RedisFullError,
 )
-from omniq_tasks.cli import main
-from omniq_tasks.client import JobSpec
+from omniq_tasks.cli.main import main
+from omniq_tasks.protocol.client import JobSpec
 from omniq_tasks.testing import free_port
-from omniq_tasks.urls import redact_text, redact_url
+from omniq_tasks.protocol.urls import redact_text, redact_url
 from redis_server import RedisServer
 
 SECRET = "s3cr3t-Pa55"

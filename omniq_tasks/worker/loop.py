@@ -23,24 +23,24 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import redis as redis_lib
 
-from . import keys
-from .errors import OmniqError
+from ..protocol import keys
+from ..errors import OmniqError
 from .exchange import Exchanger, Finished
-from .execution import Outcome
+from ..outcome import Outcome
 from .leases import Leases
 from .maintenance import Maintenance
-from .middleware import Hooks
-from .models import ReservedJob
+from ..middleware import Hooks
+from ..protocol.models import ReservedJob
 from .renewal import Renewal
-from .urls import redact_url
+from ..protocol.urls import redact_url
 from .process_pool import ProcessRunner
 from .runners import InlineRunner, Runner, RunnerFactory, ThreadRunner
 from .troubles import Troubles
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("omniq_tasks.worker")  # the name users configure
 
 _WAKE = object()
 # Jobs leased at once by default with the thread pool. Threads start only when

@@ -27,12 +27,13 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from .execution import Outcome, PreparedCall, call, call_async, crashed, decode_leased
-from .middleware import Hooks
-from .models import ReservedJob
+from .execution import PreparedCall, call, call_async, crashed, decode_leased
+from ..outcome import Outcome
+from ..middleware import Hooks
+from ..protocol.models import ReservedJob
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]

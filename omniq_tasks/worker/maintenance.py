@@ -7,8 +7,8 @@ from typing import Sequence
 
 import redis as redis_lib
 
-from .client import OmniqClient
-from .scripts import ScriptCall
+from ..protocol.client import OmniqClient
+from ..protocol.scripts import ScriptCall
 from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")

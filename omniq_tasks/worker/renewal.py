@@ -6,7 +6,7 @@ import logging
 
 import redis as redis_lib
 
-from .client import OmniqClient, parse_heartbeat_batch
+from ..protocol.client import OmniqClient, parse_heartbeat_batch
 from .leases import Lease, Leases
 from .troubles import Troubles
 

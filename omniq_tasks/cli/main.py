@@ -7,11 +7,11 @@ import logging
 import sys
 import traceback
 
-from . import __version__
+from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .worker import DEFAULT_THREAD_SLOTS
+    from ..worker.loop import DEFAULT_THREAD_SLOTS
 
     parser = argparse.ArgumentParser(
         prog="omniq-tasks",
@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from .app import load_app
-    from .errors import OmniqError
-    from .urls import redact_text
-    from .worker import Worker
+    from ..app import load_app
+    from ..errors import OmniqError
+    from ..protocol.urls import redact_text
+    from ..worker.loop import Worker
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "demo":
         from .demo import run
-        from .errors import OmniqError
-        from .urls import redact_text
+        from ..errors import OmniqError
+        from ..protocol.urls import redact_text
 
         logging.basicConfig(level=logging.WARNING)
         try:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .errors import InvalidNameError
+from ..errors import InvalidNameError
 
 QUEUE_NAME_MAX = 128
 CHILD_KEY_MAX = 128

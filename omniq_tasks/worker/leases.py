@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .models import ReservedJob
+from ..protocol.models import ReservedJob
 
 # Renew when this share of the lease is left.
 RENEW_WHEN_LEFT = 2 / 3

@@ -15,12 +15,12 @@ import logging
 from functools import partial
 from typing import Any, Callable, Sequence
 
-from .client import CorruptLease, OmniqClient, parse_ack_batch, parse_ack_fail_batch, parse_leases
-from .execution import Outcome
+from ..protocol.client import CorruptLease, OmniqClient, parse_ack_batch, parse_ack_fail_batch, parse_leases
+from ..outcome import Outcome
 from .leases import Leases
-from .middleware import AckResult, Hooks
-from .models import AckFailResult, QueuePaused, ReservedJob
-from .scripts import ScriptCall
+from ..middleware import AckResult, Hooks
+from ..protocol.models import AckFailResult, QueuePaused, ReservedJob
+from ..protocol.scripts import ScriptCall
 from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")

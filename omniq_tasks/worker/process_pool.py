@@ -42,8 +42,9 @@ from typing import Callable, Union
 
 import msgspec
 
-from .execution import Outcome, crashed, exception_line
-from .models import ReservedJob
+from .execution import crashed, exception_line
+from ..outcome import Outcome
+from ..protocol.models import ReservedJob
 
 log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]
@@ -90,14 +91,14 @@ def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str
     # A spawned child starts with no logging set up: log like the parent, to the
     # same inherited stderr.
     logging.basicConfig(level=log_level, format=log_format or logging.BASIC_FORMAT)
-    from .app import load_app
+    from ..app import load_app
 
     try:
         app = load_app(app_path)
     except BaseException as exc:
         conn.send_bytes(_encode(_StartFailed(f"cannot load app {app_path!r}: {exception_line(exc)}")))
         sys.exit(2)
-    from .middleware import Hooks
+    from ..middleware import Hooks
     from .runners import run_job
 
     hooks = Hooks(app.middleware)  # the app loaded here has its middleware: the hooks run in the child
@@ -343,7 +344,7 @@ class ProcessRunner:
 
 def _task_name(job: ReservedJob) -> str:
     """The envelope's task name, for the failure of a job whose child died ("" if unreadable)."""
-    from .envelope import read_envelope
+    from ..envelope import read_envelope
 
     try:
         envelope = read_envelope(job.payload)

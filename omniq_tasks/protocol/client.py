@@ -21,22 +21,22 @@ from redis.cluster import RedisCluster
 from typing_extensions import Unpack
 
 from . import keys
-from .defaults import (
+from ..defaults import (
     BACKOFF_MS, MAINTENANCE_LIMIT, MAX_ATTEMPTS, MAX_CALL_JOBS, MAX_PAYLOAD_BYTES, READ_PAGE, REDIS_URL,
     TIMEOUT_MS, WAKE_CAP, check_int,
 )
 from .ids import new_job_id
-from .envelope import MAX_NESTING, find_nonfinite, to_plain, too_deep
-from .errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
+from .payload import MAX_NESTING, find_nonfinite, to_plain, too_deep
+from ..errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
 from .urls import redact_url
-from .errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
+from ..errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
 from .models import (
     AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
     ReservedJob, ReserveResult,
 )
 from .scripts import ScriptCall, Scripts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("omniq_tasks.client")  # the name users configure
 
 RedisClient = Union[redis_lib.Redis, RedisCluster]
 # How long a measured offset between our clock and the server's is trusted.

@@ -18,14 +18,14 @@ import time
 
 import msgspec
 
-from . import keys
-from .app import App
-from .client import redis_errors
-from .defaults import READ_PAGE
-from .context import JobContext
-from .testing import RedisServer
-from .urls import redact_url
-from .worker import Worker
+from ..protocol import keys
+from ..app import App
+from ..protocol.client import redis_errors
+from ..defaults import READ_PAGE
+from ..context import JobContext
+from ..testing import RedisServer
+from ..protocol.urls import redact_url
+from ..worker.loop import Worker
 
 COMPANIES = (1, 2, 3)
 MAILS_PER_COMPANY = 4

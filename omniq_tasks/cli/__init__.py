@@ -1,0 +1,5 @@
+"""The ``omniq-tasks`` command line."""
+
+from .main import main
+
+__all__ = ["main"]
