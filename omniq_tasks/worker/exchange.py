@@ -15,6 +15,7 @@ import logging
 from functools import partial
 from typing import Any, Callable, Sequence
 
+from ..defaults import MAX_CALL_JOBS
 from ..protocol.client import CorruptLease, OmniqClient, parse_ack_batch, parse_ack_fail_batch, parse_leases
 from ..outcome import Outcome
 from .leases import Leases
@@ -25,8 +26,6 @@ from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")
 
-# Leases and acks per script call (the batch scripts take at most 1000).
-BATCH_MAX = 1000
 Finished = tuple[ReservedJob, Outcome]
 Settled = list[tuple[ReservedJob, Outcome, float]]  # with the ms since it was leased
 _LATE = AckResult("lost", reason="finished after its lease ended")
@@ -111,20 +110,20 @@ class Exchanger:
                 (bad.job, Outcome(False, "", f"corrupt job, not run: {bad.problem}", final=True), 0.0))
         self.unsent, self.corrupt = [], []
         for queue, done in succeeded.items():
-            for i in range(0, len(done), BATCH_MAX):
-                chunk = done[i:i + BATCH_MAX]
+            for i in range(0, len(done), MAX_CALL_JOBS):
+                chunk = done[i:i + MAX_CALL_JOBS]
                 ex.calls.append(self.client.ack_success_batch_call(
                     queue, [(job.job_id, job.lease_token) for job, _, _ in chunk]))
                 ex.handlers.append(partial(self._acked, queue, chunk))
         for queue, done in failed.items():
-            for i in range(0, len(done), BATCH_MAX):
-                chunk = done[i:i + BATCH_MAX]
+            for i in range(0, len(done), MAX_CALL_JOBS):
+                chunk = done[i:i + MAX_CALL_JOBS]
                 # retry_at_ms is not sent yet: ack_fail retries after the job's backoff_ms.
                 ex.calls.append(self.client.ack_fail_batch_call(
                     queue, [(job.job_id, job.lease_token, o.error, o.final) for job, o, _ in chunk]))
                 ex.handlers.append(partial(self._failed, queue, chunk))
         ready = [q for q in self.queues if self.paused_until.get(q, 0.0) <= now]
-        free = min(self.concurrency - len(self.leases) + len(ex.settles), BATCH_MAX)
+        free = min(self.concurrency - len(self.leases) + len(ex.settles), MAX_CALL_JOBS)
         if free > 0 and ready and leasing:
             ex.calls.append(self.client.reserve_batch_call(ready[0], free))
             ex.reserve, ex.then = ready[0], ready[1:]
@@ -147,7 +146,7 @@ class Exchanger:
         if ex.reserve is None:
             return 0
         started = self._lease(ex.reserve, replies[-1], now)
-        free = min(self.concurrency - len(self.leases), BATCH_MAX)
+        free = min(self.concurrency - len(self.leases), MAX_CALL_JOBS)
         if ex.then and free > 0:  # later queues only get what the earlier ones left
             nxt = Exchange()
             nxt.calls.append(self.client.reserve_batch_call(ex.then[0], free))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import msgspec
 
 from ..arguments import TaskArgumentError
+from ..defaults import MAX_ERROR_BYTES
 from ..outcome import Outcome
 from ..context import JobContext
 from ..envelope import read_envelope
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omniq_tasks.worker")
 
-MAX_ERROR_CHARS = 4096  # ack_fail keeps 4096 bytes of last_error: we send at most that many
+# ack_fail keeps MAX_ERROR_BYTES of last_error: we send at most that many
+MAX_ERROR_CHARS = MAX_ERROR_BYTES
 TRACEBACK_FRAMES = 5
 
 

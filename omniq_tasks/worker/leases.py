@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from ..defaults import TIMEOUT_MS
 from ..protocol.models import ReservedJob
 
 # Renew when this share of the lease is left.
@@ -58,7 +59,7 @@ class Leases:
     def add(self, job: ReservedJob, now: float) -> Lease:
         """A job just leased: its lock is ``timeout_ms`` past the server clock of the reply."""
         # renew_at() with the server clock at lock_until_ms - timeout, inlined: this runs per job.
-        left_s = (job.timeout_ms or 30_000) * (1 - RENEW_WHEN_LEFT) / 1000.0
+        left_s = (job.timeout_ms or TIMEOUT_MS) * (1 - RENEW_WHEN_LEFT) / 1000.0
         lease = Lease(job, now, now + (left_s if left_s > MIN_RENEW_S else MIN_RENEW_S))
         self._held[job.job_id] = lease
         if lease.renew_at < self.next_due:
@@ -73,7 +74,7 @@ class Leases:
         return [lease for lease in self._held.values() if lease.renew_at <= now and not lease.lost]
 
     def renewed(self, lease: Lease, now: float, lock_until_ms: int, server_now_ms: int) -> None:
-        lease.renew_at = renew_at(now, lock_until_ms, server_now_ms, lease.job.timeout_ms or 30_000)
+        lease.renew_at = renew_at(now, lock_until_ms, server_now_ms, lease.job.timeout_ms or TIMEOUT_MS)
 
     def retry_later(self, leases: list[Lease], now: float, delay_s: float) -> None:
         """A renewal that could not be sent (Redis down or full): try again after ``delay_s``."""

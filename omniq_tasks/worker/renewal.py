@@ -6,14 +6,13 @@ import logging
 
 import redis as redis_lib
 
+from ..defaults import MAX_CALL_JOBS
 from ..protocol.client import OmniqClient, parse_heartbeat_batch
 from .leases import Lease, Leases
 from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")
 
-# Leases per heartbeat_batch call (the script takes at most 1000).
-BATCH_MAX = 1000
 # After a renewal Redis refused or could not take, try again this much later.
 RETRY_S = 0.5
 
@@ -37,7 +36,7 @@ class Renewal:
         for lease in due:
             by_queue.setdefault(lease.job.queue, []).append(lease)
         for held in by_queue.values():
-            groups += [held[i:i + BATCH_MAX] for i in range(0, len(held), BATCH_MAX)]
+            groups += [held[i:i + MAX_CALL_JOBS] for i in range(0, len(held), MAX_CALL_JOBS)]
         try:
             replies = self.client.scripts.call_many([
                 self.client.heartbeat_batch_call(g[0].job.queue, [(x.job.job_id, x.job.lease_token) for x in g])
