@@ -181,12 +181,7 @@ class Exchanger:
     def _acked(self, queue: str, done: Settled, reply: Any) -> None:
         after_ack = self.hooks.after_ack
         if isinstance(reply, Exception):
-            log.error("ack of %d finished job(s) in queue %s failed (they run again after their lease): %s",
-                      len(done), queue, reply)
-            if after_ack:
-                result = AckResult("error", reason=str(reply))
-                for job, outcome, _ in done:
-                    self.hooks.run_after_ack(job, outcome, result)
+            self._not_acked("finished", queue, done, reply)
             return
         lost = parse_ack_batch(reply)
         debug = log.isEnabledFor(logging.DEBUG)
@@ -204,16 +199,20 @@ class Exchanger:
                 self.hooks.run_after_ack(
                     job, outcome, AckResult("lost", reason=lost[n]) if n in lost else completed)
 
+    def _not_acked(self, kind: str, queue: str, done: Settled, reply: Exception) -> None:
+        """A whole ack call failed (an error reply): say so once, and tell the hooks."""
+        log.error("ack of %d %s job(s) in queue %s failed (they run again after their lease): %s",
+                  len(done), kind, queue, reply)
+        if self.hooks.after_ack:
+            error = AckResult("error", reason=str(reply))
+            for job, outcome, _ in done:
+                self.hooks.run_after_ack(job, outcome, error)
+
     def _failed(self, queue: str, done: Settled, reply: Any) -> None:
         self.failures += len(done)
         after_ack = self.hooks.after_ack
         if isinstance(reply, Exception):
-            log.error("ack of %d failed job(s) in queue %s failed (they run again after their lease): %s",
-                      len(done), queue, reply)
-            if after_ack:
-                error = AckResult("error", reason=str(reply))
-                for job, outcome, _ in done:
-                    self.hooks.run_after_ack(job, outcome, error)
+            self._not_acked("failed", queue, done, reply)
             return
         for (job, outcome, elapsed_ms), result in zip(done, parse_ack_fail_batch(reply)):
             first_line = outcome.error.split("\n", 1)[0]

@@ -149,13 +149,17 @@ def succeeded(task: str, value: Any, duration_ms: float) -> Outcome:
     return Outcome(True, task, result=result, duration_ms=duration_ms)
 
 
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # a broken __str__ (even one raising SystemExit) must not lose the failure
+        return "<exception str() failed>"
+
+
 def exception_line(exc: BaseException) -> str:
     """``Type: message`` on one line (the first of the message), at most 4096 bytes; never raises."""
     try:
-        try:
-            message = str(exc)
-        except BaseException:  # a broken __str__ (even one raising SystemExit) must not lose the failure
-            message = "<exception str() failed>"
+        message = _message(exc)
         return clip_error(f"{type(exc).__qualname__}: {message}".split("\n", 1)[0])
     except BaseException:  # MemoryError while formatting
         return "exception (could not be described)"
@@ -164,10 +168,7 @@ def exception_line(exc: BaseException) -> str:
 def describe_exception(exc: BaseException) -> str:
     """Exception type, message and the last frames of its traceback, at most 4096 bytes; never raises."""
     try:
-        try:
-            message = str(exc)
-        except BaseException:  # a broken __str__ (even one raising SystemExit) must not lose the failure
-            message = "<exception str() failed>"
+        message = _message(exc)
         try:
             frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)
             trail = "".join(frames[1:-1])
