@@ -67,6 +67,8 @@ local completed_ids = {}   -- ids for one LPUSH on K_COMPLETED, oldest first
 local lease_seq = nil      -- the last lease sequence number handed out
 local lease_seq_pending = 0
 
+local lanes_pending = false  -- anything for flush_lanes to write (most scripts: no)
+
 -- Leasing: state active, attempt + 1, a fresh lock and an unguessable token
 -- (the digest mixes the server clock's microseconds, read once per script, with
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.

@@ -69,7 +69,10 @@ local completed_ids = {}   -- ids for one LPUSH on K_COMPLETED, oldest first
 local lease_seq = nil      -- the last lease sequence number handed out
 local lease_seq_pending = 0
 
+local lanes_pending = false  -- anything for flush_lanes to write (most scripts: no)
+
 local function idx_later(pending, lane, ...)
+  lanes_pending = true
   local t = pending[lane]
   if not t then
     t = {}
@@ -89,6 +92,8 @@ local function call_spread(command, key, values)
 end
 
 local function flush_lanes()
+  if not lanes_pending then return end
+  lanes_pending = false
   if #active_adds > 0 then
     call_spread("ZADD", K_ACTIVE, active_adds)
     active_adds = {}
