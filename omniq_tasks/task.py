@@ -15,7 +15,7 @@ from .protocol.client import JobSpec, job_spec
 from .context import JobContext
 from .errors import InvalidOptionError, PayloadTooLargeError, TaskArgumentError, TaskDefinitionError
 from .envelope import build_envelope
-from .protocol.ids import new_job_ids
+from .protocol.ids import new_job_id, new_job_ids
 from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
 from .results import JobHandle
@@ -161,7 +161,8 @@ class Task(Generic[P, R]):
     # ``/``: a task parameter named ``self`` or ``when`` must not collide with ours.
     def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run with these arguments; returns its handle."""
-        return self.apply_async(args, kwargs)
+        payload, gid = self._encode(args, kwargs)
+        return self._publish(self.queue, self._own_spec(new_job_id(), payload, gid))
 
     def apply_at(self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run due at ``when`` (an aware datetime, or epoch seconds)."""
@@ -182,11 +183,23 @@ class Task(Generic[P, R]):
         spec = self.encode_call(
             tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()),
             **options)
+        return self._publish(target, spec)
+
+    def _publish(self, queue: str, spec: JobSpec) -> JobHandle:
         if self.app.middleware:
             run_before_publish(self.app, self, spec)
         client = self.app.client
-        published = client.publish_spec(target, spec, wake_cap=self.app.wake_cap)
-        return JobHandle(client, target, published.job_id, published.existed)
+        published = client.publish_spec(queue, spec, wake_cap=self.app.wake_cap)
+        return JobHandle(client, queue, published.job_id, published.existed)
+
+    def _own_spec(self, job_id: str, payload: bytes, gid: str | None) -> JobSpec:
+        """A JobSpec with our own fresh id and the task's own options (checked when it was defined)."""
+        if gid is None or gid is self.gid:
+            return JobSpec(job_id, payload, self.max_attempts, self.timeout_ms, self.backoff_ms, 0, gid or "",
+                           self.group_limit)
+        # a gid made from the arguments still needs its check
+        return job_spec(payload, job_id=job_id, max_attempts=self.max_attempts, timeout_ms=self.timeout_ms,
+                        backoff_ms=self.backoff_ms, gid=gid, group_limit=self.group_limit)
 
     def map(self, calls: Iterable[Any], *, queue: str | None = None) -> list[JobHandle]:
         """Queue one run per item, in bulk (one script call per 1000 jobs).
@@ -206,14 +219,7 @@ class Task(Generic[P, R]):
                 payload, gid = self._encode((), item)
             else:
                 payload, gid = self._encode((item,), {})
-            if gid is None or gid is self.gid:
-                # Our own id and the task's own options, all checked already.
-                specs.append(JobSpec(job_id, payload, self.max_attempts, self.timeout_ms,
-                                     self.backoff_ms, 0, gid or "", self.group_limit))
-            else:  # a gid made from the arguments still needs its check
-                specs.append(job_spec(payload, job_id=job_id, max_attempts=self.max_attempts,
-                                      timeout_ms=self.timeout_ms, backoff_ms=self.backoff_ms,
-                                      gid=gid, group_limit=self.group_limit))
+            specs.append(self._own_spec(job_id, payload, gid))
         if self.app.middleware:  # after every item is checked: a refused item publishes nothing
             for spec in specs:
                 run_before_publish(self.app, self, spec)
