@@ -275,3 +275,41 @@ def test_a_countdown_counts_from_the_server_clock_not_the_producers(
     handle = later.apply_async(countdown=2)
     due = int(r.hget(f"{{loop}}:job:{handle.id}", "due_ms") or 0)
     assert abs(due - (server_ms(r) + 2000)) < 500
+
+
+def test_a_job_whose_lease_ended_before_it_could_start_is_not_run(app: App, r: redis.Redis) -> None:
+    """A worker frozen between leasing and starting a job (SIGSTOP past the lease) must
+    not start it on waking: another worker may have run and acked it meanwhile."""
+    import msgspec
+
+    from omniq_tasks.worker.runners import NOT_STARTED, ThreadRunner
+
+    ran: list[str] = []
+
+    @app.task(timeout_ms=1000)
+    def note(tag: str) -> None:
+        ran.append(tag)
+
+    note.delay("late")
+    note.delay("fresh")
+    jobs = app.client.reserve_batch(Q, 2)
+    assert isinstance(jobs, list) and len(jobs) == 2
+    reported: list[Any] = []
+    done = threading.Event()
+
+    def on_done(job: Any, outcome: Any) -> None:
+        reported.append((job.job_id, outcome))
+        if len(reported) == 2:
+            done.set()
+
+    runner = ThreadRunner(app, 2, on_done)
+    frozen = msgspec.structs.replace(jobs[0], received_at=time.monotonic() - 1.5)  # 1.5 leases ago
+    runner.submit(frozen)
+    runner.submit(jobs[1])
+    assert done.wait(10)
+    runner.stop()
+    outcomes = dict(reported)
+    assert ran == ["fresh"]
+    assert outcomes[jobs[1].job_id].ok
+    late = outcomes[jobs[0].job_id]
+    assert not late.ok and late.error == NOT_STARTED and not late.final

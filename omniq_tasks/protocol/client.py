@@ -156,12 +156,13 @@ def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[Corrup
     corrupt: list[CorruptLease] = []
     if status != "JOBS":
         return jobs, corrupt
+    received = time.monotonic()
     for i in range(1, len(reply) - 2, 3):
         job_id, payload = _text(reply[i]), _text(reply[i + 1])
         lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
         try:  # Lua writes numbers of 1e14 and more with an exponent: int() refuses those too
             jobs.append(ReservedJob(queue, job_id, payload, int(lock_until), int(attempt), int(max_attempts),
-                                    gid, token, int(timeout)))
+                                    gid, token, int(timeout), "JOB", received))
         except ValueError:
             problem = _field_problem({"timeout_ms": timeout, "attempt": attempt,
                                       "max_attempts": max_attempts, "lock_until_ms": lock_until})

@@ -28,6 +28,9 @@ class ReservedJob(msgspec.Struct, frozen=True):
     lease_token: str
     timeout_ms: int = 0  # the lease length; 0 when the reply did not say (protocol reserve)
     status: Literal["JOB"] = "JOB"
+    # When the lease reached this process (time.monotonic()); 0 when unknown. A body
+    # that could not start within one lease of it (a frozen worker) must not start.
+    received_at: float = 0.0
 
 
 class QueueEmpty(msgspec.Struct, frozen=True):

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]
+NOT_STARTED = ("not run: its lease had ended before it could start (the worker was frozen or "
+               "stalled for longer than timeout_ms); it runs again")
 # The longest stop() waits for idle threads and the event loop to end.
 STOP_WAIT_S = 0.5
 
@@ -165,6 +167,13 @@ class ThreadRunner:
 
     def run_one(self, job: ReservedJob) -> None:
         """Run ``job`` here (or hand an async task to the loop) and report it; never raises."""
+        if job.received_at and job.timeout_ms and time.monotonic() - job.received_at > job.timeout_ms / 1000:
+            # A thread takes a job within ms of its lease; this late, the whole process
+            # was frozen (SIGSTOP, a stalled VM) past the lease, and another worker may
+            # have run and acked the job meanwhile: starting it now could run it again
+            # after its ack. Fail this lease instead (a no-op if it was reaped already).
+            self._report(job, Outcome(False, "", NOT_STARTED))
+            return
         task = ""
         hooks = self.hooks
         try:
