@@ -41,10 +41,11 @@ class JobContext:
     def heartbeat(self) -> int:
         """Extend this job's lease now; returns the new lock_until_ms.
 
-        The worker already heartbeats every running job; call this only to be sure
-        before a long step. Raises LeaseLostError when the lease is gone.
+        The worker already renews every running job's lease; call this only to be
+        sure before a long step. The lock becomes the server's now + timeout_ms, as
+        the worker's renewals set it. Raises LeaseLostError when the lease is gone.
         """
-        self.lock_until_ms = self._client.heartbeat(self.queue, self.job_id, self.lease_token)
+        self.lock_until_ms = self._client.renew(self.queue, self.job_id, self.lease_token)
         return self.lock_until_ms
 
     def publish(self, queue: str, payload: Any, **options: Any) -> Published:

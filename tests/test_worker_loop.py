@@ -313,3 +313,18 @@ def test_a_job_whose_lease_ended_before_it_could_start_is_not_run(app: App, r: r
     assert outcomes[jobs[1].job_id].ok
     late = outcomes[jobs[0].job_id]
     assert not late.ok and late.error == NOT_STARTED and not late.final
+
+
+def test_a_task_renewing_its_own_lease_often_never_runs_the_lock_ahead(client: OmniqClient, r: redis.Redis) -> None:
+    from omniq_tasks import JobContext
+
+    client.publish(Q, {"a": 1}, job_id="a", timeout_ms=5000)
+    jobs = client.reserve_batch(Q, 1)
+    assert isinstance(jobs, list)
+    job = jobs[0]
+    ctx = JobContext(client, queue=Q, job_id="a", attempt=job.attempt, max_attempts=job.max_attempts, gid="",
+                     lease_token=job.lease_token, lock_until_ms=job.lock_until_ms, payload_raw=job.payload)
+    for _ in range(10):  # the protocol's heartbeat would push the lock 50 s ahead
+        lock = ctx.heartbeat()
+    assert lock - server_ms(r) <= 5000 + 50
+    assert r.zscore("{loop}:active", "a") == lock

@@ -502,6 +502,18 @@ class OmniqClient:
             queue, job_id)
         return int(reply[1])
 
+    def renew(self, queue: str, job_id: str, lease_token: str) -> int:
+        """Extend a lease to the server's now + timeout_ms (heartbeat_batch); returns lock_until_ms.
+
+        Unlike :meth:`heartbeat` (old lock + timeout_ms), calling it often never runs
+        the lock further ahead than one lease. Raises LeaseLostError when the lease is gone.
+        """
+        name, anchor, args = self.heartbeat_batch_call(queue, [(job_id, lease_token)])
+        _, locks = parse_heartbeat_batch(self._raise_if_err(self._call(name, anchor, *args), queue, job_id))
+        if isinstance(locks[0], str):
+            raise protocol_error(locks[0], queue=queue, job_id=job_id)
+        return locks[0]
+
     def ack_success(self, queue: str, job_id: str, lease_token: str, *, now_ms: int = 0) -> None:
         """Mark a leased job completed."""
         self._raise_if_err(
