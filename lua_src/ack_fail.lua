@@ -7,7 +7,6 @@
 -- Errors   TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE
 --@include base
 --@include lanes
-local MAX_ERROR_BYTES = 4096
 local job_id = ARGV[1] or ""
 local now = now_or_server(ARGV[2])
 local token = ARGV[3]
@@ -17,12 +16,7 @@ local final = ARGV[5] == "1"
 local err, gid = check_lease(job_id, token, true)
 if err then return {"ERR", err} end
 
-if error_text ~= "" then
-  redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
-    "last_error_ms", now)
-end
-left_active(job_id, gid, now)
-local due = retry_or_fail(job_id, now, final)
+local due = fail_lease(job_id, gid, error_text, now, final)
 stat_times(now, "last_finish_ms")
 if due then return {"RETRY", tostring(due)} end
 return {"FAILED"}

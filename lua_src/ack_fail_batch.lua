@@ -13,7 +13,6 @@
 --@include lanes
 --@include replay
 local MAX_ACKS = 1000
-local MAX_ERROR_BYTES = 4096
 local FIELDS = 4
 local now = now_or_server(ARGV[1])
 local count = to_int(ARGV[2])
@@ -34,12 +33,7 @@ for i = 0, count - 1 do
   if err then
     out[#out + 1] = err
   else
-    if error_text ~= "" then
-      redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
-        "last_error_ms", now)
-    end
-    left_active(job_id, gid, now)
-    local due = retry_or_fail(job_id, now, ARGV[a + 4] == "final")
+    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final")
     out[#out + 1] = due and ("R:" .. due) or "F"
     finished = true
   end

@@ -259,6 +259,20 @@ local function retry_or_fail(job_id, now, final)
   return due
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
+local function fail_lease(job_id, gid, error_text, now, final)
+  if error_text ~= "" then
+    redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+      "last_error_ms", now)
+  end
+  left_active(job_id, gid, now)
+  return retry_or_fail(job_id, now, final)
+end
+
 -- Heartbeat and both acks check the token first, then that the job is active.
 -- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
 -- the id also leaves K_ACTIVE: ZREM answers whether it was there.

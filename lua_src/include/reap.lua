@@ -14,13 +14,10 @@ local function reap(now, max_reap, note)
     local k_job = job_key(job_id)
     if redis.call("EXISTS", k_job) == 0 then
       left_active(job_id, "", now)
-    elseif note then
-      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
-      note_expired(k_job, f, now)
-      left_active(job_id, f[1], now)
-      retry_or_fail(job_id, now)
     else
-      left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
+      if note then note_expired(k_job, f, now) end
+      left_active(job_id, f[1], now)
       retry_or_fail(job_id, now)
     end
   end

@@ -268,6 +268,20 @@ local function retry_or_fail(job_id, now, final)
   return due
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
+local function fail_lease(job_id, gid, error_text, now, final)
+  if error_text ~= "" then
+    redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+      "last_error_ms", now)
+  end
+  left_active(job_id, gid, now)
+  return retry_or_fail(job_id, now, final)
+end
+
 -- Heartbeat and both acks check the token first, then that the job is active.
 -- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
 -- the id also leaves K_ACTIVE: ZREM answers whether it was there.
@@ -283,7 +297,6 @@ local function check_lease(job_id, token, take)
   return nil, f[2] or ""
 end
 
-local MAX_ERROR_BYTES = 4096
 local job_id = ARGV[1] or ""
 local now = now_or_server(ARGV[2])
 local token = ARGV[3]
@@ -293,12 +306,7 @@ local final = ARGV[5] == "1"
 local err, gid = check_lease(job_id, token, true)
 if err then return {"ERR", err} end
 
-if error_text ~= "" then
-  redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
-    "last_error_ms", now)
-end
-left_active(job_id, gid, now)
-local due = retry_or_fail(job_id, now, final)
+local due = fail_lease(job_id, gid, error_text, now, final)
 stat_times(now, "last_finish_ms")
 if due then return {"RETRY", tostring(due)} end
 return {"FAILED"}

@@ -272,6 +272,20 @@ local function retry_or_fail(job_id, now, final)
   return due
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
+local function fail_lease(job_id, gid, error_text, now, final)
+  if error_text ~= "" then
+    redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
+      "last_error_ms", now)
+  end
+  left_active(job_id, gid, now)
+  return retry_or_fail(job_id, now, final)
+end
+
 -- Heartbeat and both acks check the token first, then that the job is active.
 -- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
 -- the id also leaves K_ACTIVE: ZREM answers whether it was there.
@@ -313,7 +327,6 @@ local function replay_put(chan, seq, answer)
 end
 
 local MAX_ACKS = 1000
-local MAX_ERROR_BYTES = 4096
 local FIELDS = 4
 local now = now_or_server(ARGV[1])
 local count = to_int(ARGV[2])
@@ -334,12 +347,7 @@ for i = 0, count - 1 do
   if err then
     out[#out + 1] = err
   else
-    if error_text ~= "" then
-      redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
-        "last_error_ms", now)
-    end
-    left_active(job_id, gid, now)
-    local due = retry_or_fail(job_id, now, ARGV[a + 4] == "final")
+    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final")
     out[#out + 1] = due and ("R:" .. due) or "F"
     finished = true
   end

@@ -246,6 +246,11 @@ local function left_active(job_id, gid, now)
   end
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- Heartbeat and both acks check the token first, then that the job is active.
 -- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
 -- the id also leaves K_ACTIVE: ZREM answers whether it was there.

@@ -253,6 +253,11 @@ local function lease(job_id, now)
     tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- enqueue: write one new job and put it in its lane. Returns "OK", "EXISTS" (the
 -- job hash already exists: nothing changes, so publishing is idempotent) or
 -- "READY" (queued and runnable now). With a `later` list, a ready ungrouped job's

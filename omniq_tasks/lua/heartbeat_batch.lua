@@ -80,6 +80,11 @@ local lanes_pending = false  -- anything for flush_lanes to write (most scripts:
 -- a per-queue sequence). Returns the reserve reply and the lease length in ms.
 local token_salt = nil
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- Heartbeat and both acks check the token first, then that the job is active.
 -- Returns the reason word (or nil) and the job's gid. With take = true (the acks)
 -- the id also leaves K_ACTIVE: ZREM answers whether it was there.

@@ -267,6 +267,11 @@ local function retry_or_fail(job_id, now, final)
   return due
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- reap: end leases whose lock passed; the job retries after its backoff or fails
 -- when its attempts are used up. An active id without a job hash is dropped.
 -- With note = true the job's last_error says its lease expired (reap_leases).
@@ -283,13 +288,10 @@ local function reap(now, max_reap, note)
     local k_job = job_key(job_id)
     if redis.call("EXISTS", k_job) == 0 then
       left_active(job_id, "", now)
-    elseif note then
-      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
-      note_expired(k_job, f, now)
-      left_active(job_id, f[1], now)
-      retry_or_fail(job_id, now)
     else
-      left_active(job_id, redis.call("HGET", k_job, "gid"), now)
+      local f = redis.call("HMGET", k_job, "gid", "attempt", "max_attempts", "lock_until_ms")
+      if note then note_expired(k_job, f, now) end
+      left_active(job_id, f[1], now)
       retry_or_fail(job_id, now)
     end
   end

@@ -215,6 +215,11 @@ local function lease(job_id, now)
     tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- take: pick the next runnable job id without leasing it yet.
 local MAX_GROUP_POPS = 10
 local K_LANE_RR = base .. ":lane:rr"

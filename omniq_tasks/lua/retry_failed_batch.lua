@@ -230,6 +230,11 @@ local function lease(job_id, now)
     tostring(to_int(f[3])), f[5] or "", token}, timeout
 end
 
+-- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- Returns the due ms, or nil when failed.
+local MAX_ERROR_BYTES = 4096
+
 -- retry: put one failed job back in its wait lane with its attempts reset.
 -- Returns nil on success or the reason word.
 local function retry_one(job_id, now)
