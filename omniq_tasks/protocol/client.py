@@ -176,6 +176,14 @@ def parse_reserved(queue: str, reply: Any) -> list[ReservedJob] | QueuePaused:
     return parsed if isinstance(parsed, QueuePaused) else parsed[0]
 
 
+def _lease_args(now_ms: int, leases: Sequence[tuple[str, str]]) -> list[Any]:
+    """ARGV of the scripts that take ``now_ms, count`` and then (job_id, lease_token) pairs."""
+    args: list[Any] = [now_ms, len(leases)]
+    for job_id, token in leases:
+        args += (job_id, token)
+    return args
+
+
 def parse_ack_batch(reply: Any) -> dict[int, str]:
     """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
     return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
@@ -466,9 +474,8 @@ class OmniqClient:
 
     def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
         """Lease up to ``max_jobs`` jobs in one call (reserve_batch); [] when none is runnable."""
-        reply = self._raise_if_err(self._call(
-            "reserve_batch", keys.queue_anchor(queue), now_ms, check_int("max_jobs", max_jobs, 1),
-            *self.scripts.replay_tag("reserve_batch")), queue)
+        name, anchor, args = self.reserve_batch_call(queue, check_int("max_jobs", max_jobs, 1), now_ms=now_ms)
+        reply = self._raise_if_err(self._call(name, anchor, *args), queue)
         parsed = parse_leases(queue, reply)
         if isinstance(parsed, QueuePaused):
             return parsed
@@ -483,15 +490,11 @@ class OmniqClient:
         self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
     ) -> list[BatchItem]:
         """ack_success for many (job_id, lease_token) pairs, one script call per 1000."""
-        anchor = keys.queue_anchor(queue)
         items: list[BatchItem] = []
         for start in range(0, len(leases), MAX_CALL_JOBS):
             chunk = leases[start:start + MAX_CALL_JOBS]
-            args: list[Any] = [now_ms, len(chunk)]
-            for job_id, token in chunk:
-                args += (job_id, token)
-            args += self.scripts.replay_tag("ack_success_batch")
-            refused = parse_ack_batch(self._raise_if_err(self._call("ack_success_batch", anchor, *args), queue))
+            name, anchor, args = self.ack_success_batch_call(queue, chunk, now_ms=now_ms)
+            refused = parse_ack_batch(self._raise_if_err(self._call(name, anchor, *args), queue))
             items += [BatchItem(job_id, n not in refused, refused.get(n)) for n, (job_id, _) in enumerate(chunk)]
         return items
 
@@ -576,16 +579,15 @@ class OmniqClient:
 
     # -- calls for batching (the worker sends several in one round trip) ------------
 
-    def reserve_batch_call(self, queue: str, max_jobs: int) -> ScriptCall:
+    def reserve_batch_call(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> ScriptCall:
         """reserve_batch for up to ``max_jobs`` (1..1000), safe to send again (replay tag)."""
         return ("reserve_batch", keys.queue_anchor(queue),
-                (0, max_jobs, *self.scripts.replay_tag("reserve_batch")))
+                (now_ms, max_jobs, *self.scripts.replay_tag("reserve_batch")))
 
-    def ack_success_batch_call(self, queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
+    def ack_success_batch_call(self, queue: str, leases: Sequence[tuple[str, str]], *,
+                               now_ms: int = 0) -> ScriptCall:
         """ack_success_batch for up to 1000 (job_id, lease_token) pairs, safe to send again."""
-        args: list[Any] = [0, len(leases)]
-        for job_id, token in leases:
-            args += (job_id, token)
+        args = _lease_args(now_ms, leases)
         args += self.scripts.replay_tag("ack_success_batch")
         return ("ack_success_batch", keys.queue_anchor(queue), args)
 
@@ -600,10 +602,7 @@ class OmniqClient:
     @staticmethod
     def heartbeat_batch_call(queue: str, leases: Sequence[tuple[str, str]]) -> ScriptCall:
         """heartbeat_batch for up to 1000 (job_id, lease_token) pairs: each lock becomes now + timeout_ms."""
-        args: list[Any] = [0, len(leases)]
-        for job_id, token in leases:
-            args += (job_id, token)
-        return ("heartbeat_batch", keys.queue_anchor(queue), args)
+        return ("heartbeat_batch", keys.queue_anchor(queue), _lease_args(0, leases))
 
     @staticmethod
     def maintenance_calls(queue: str, limit: int = MAINTENANCE_LIMIT) -> list[ScriptCall]:

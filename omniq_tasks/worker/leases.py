@@ -11,8 +11,6 @@ Times here are ``time.monotonic()`` seconds unless a name ends in ``_ms``.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from ..defaults import TIMEOUT_MS
 from ..protocol.models import ReservedJob
 
@@ -49,9 +47,6 @@ class Leases:
 
     def __len__(self) -> int:
         return len(self._held)
-
-    def __iter__(self) -> Iterator[Lease]:
-        return iter(self._held.values())
 
     def get(self, job_id: str) -> Lease | None:
         return self._held.get(job_id)

@@ -150,9 +150,9 @@ class Worker:
         return self._step(self.clock())
 
     def _step(self, now: float) -> int:
-        if now >= self.leases.next_due:
+        if self.renewal.due(now):
             self.renewal.renew(now)
-        if now >= self.maintenance.next_at:
+        if self.maintenance.due(now):
             self.maintenance.run(now)
             if now - self._summary[0] >= SUMMARY_INTERVAL_S:
                 self._log_summary(now)
@@ -321,7 +321,7 @@ class Worker:
         while time.monotonic() < deadline and (self.leases or exchanger.pending):
             now = self.clock()
             try:
-                if now >= self.leases.next_due:
+                if self.renewal.due(now):
                     self.renewal.renew(now)
                 exchanger.exchange(now, leasing=False)
             except UNREACHABLE as exc:
