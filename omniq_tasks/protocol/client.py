@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence, TypedDict, Union
+from typing import Any, Iterator, Sequence, TypedDict
 
 import msgspec
 import redis as redis_lib
@@ -29,6 +29,7 @@ from .ids import new_job_id
 from .payload import MAX_NESTING, find_nonfinite, to_plain, too_deep
 from ..errors import BackendError, OmniqConnectionError, OmniqTimeoutError, RedisCommandError, RedisFullError
 from .urls import redact_url
+from .connection import RedisClient, connect, describe_redis
 from ..errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
 from .models import (
     AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
@@ -38,7 +39,6 @@ from .scripts import ScriptCall, Scripts
 
 log = logging.getLogger("omniq_tasks.client")  # the name users configure
 
-RedisClient = Union[redis_lib.Redis, RedisCluster]
 # How long a measured offset between our clock and the server's is trusted.
 CLOCK_CHECK_S = 60.0
 _json_encode = msgspec.json.Encoder().encode
@@ -85,32 +85,6 @@ def redis_errors(url: str) -> Iterator[None]:
         yield
     except redis_lib.RedisError as exc:
         raise backend_error(exc, url) from exc
-
-
-def describe_redis(client: Any) -> str:
-    """A password-free URL for a redis-py client, from its connection settings."""
-    try:
-        if isinstance(client, RedisCluster):
-            node = client.get_default_node()  # type: ignore[no-untyped-call]
-            return f"redis://{node.host}:{node.port} (cluster)"
-        pool = client.connection_pool
-        settings = pool.connection_kwargs
-        if settings.get("path"):
-            return f"unix://{settings['path']}?db={settings.get('db', 0)}"
-        scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
-        return f"{scheme}://{settings.get('host', 'localhost')}:{settings.get('port', 6379)}/{settings.get('db', 0)}"
-    except Exception:  # only a description: never fail on it
-        return "<redis client>"
-
-
-def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
-    """Open a redis-py client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
-
-    With ``cluster=True`` the URL names any node of a Redis Cluster.
-    """
-    if cluster:
-        return RedisCluster.from_url(url, **kwargs)
-    return redis_lib.Redis.from_url(url, **kwargs)
 
 
 def _text(value: Any) -> str:
