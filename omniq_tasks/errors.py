@@ -72,6 +72,10 @@ class OmniqTimeoutError(OmniqConnectionError, redis.exceptions.TimeoutError, Tim
     """Raised when Redis does not answer in time (also redis-py's and the builtin TimeoutError)."""
 
 
+class EmbeddedServerError(OmniqConnectionError):
+    """Raised when an ``embedded://`` server cannot be found, started or reached (docs/deployment.md)."""
+
+
 class RedisFullError(BackendError, redis.exceptions.ResponseError):
     """Raised when Redis refuses a write because it reached ``maxmemory`` (OOM); nothing was written."""
 

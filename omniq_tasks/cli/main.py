@@ -9,6 +9,9 @@ import traceback
 
 from .. import __version__
 
+# What --embedded means: the embedded server's folder in the current directory.
+EMBEDDED_URL = "embedded://./.omniq"
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ..worker.loop import DEFAULT_THREAD_SLOTS
@@ -36,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM/SIGINT, how long running jobs may take to finish (default 30)")
     worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
                         help="longest idle wait before looking for jobs again (default 1)")
+    where = worker.add_mutually_exclusive_group()
+    where.add_argument("--redis-url", default=None, metavar="URL",
+                       help="the Redis to use instead of the app's (redis://, rediss://, unix://, "
+                            "redis+cluster://, redis+sentinel://, embedded://FOLDER)")
+    where.add_argument("--embedded", action="store_true",
+                       help=f"use the embedded server in {EMBEDDED_URL[len('embedded://'):]} "
+                            f"(the same as --redis-url {EMBEDDED_URL}), started if not running")
     worker.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                         help="INFO: start, stop, failures, retries and a summary a minute; "
@@ -70,6 +80,9 @@ def run_worker(args: argparse.Namespace) -> int:
         if args.log_level == "DEBUG":
             traceback.print_exc()
         return 2
+    if args.embedded or args.redis_url:
+        app.close()  # in case the module already used the app's own URL
+        app.redis_url = EMBEDDED_URL if args.embedded else args.redis_url
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     if args.concurrency is not None and args.concurrency < 1:
         print("omniq-tasks: --concurrency must be >= 1", file=sys.stderr)
