@@ -8,11 +8,14 @@ import sys
 import threading
 from typing import Any, Callable, Protocol, Sequence, TypeVar, overload
 
+import redis as redis_lib
+from redis.cluster import RedisCluster
 from typing_extensions import Concatenate, ParamSpec
 
 from . import defaults
 from .defaults import check_int
 from .protocol.client import OmniqClient
+from .protocol.connection import RedisClient, describe_redis
 from .context import JobContext
 from .protocol.keys import validate_queue
 from .middleware import Middleware
@@ -38,8 +41,11 @@ class App:
     """An omniq-tasks application: where tasks are registered and published from.
 
     ``redis_url`` falls back to the environment variable OMNIQ_TASKS_REDIS_URL,
-    then to redis://localhost:6379/0. The keyword defaults apply to every task
-    that does not set its own. No connection is opened until first use.
+    then to redis://localhost:6379/0. A Redis Cluster is ``redis+cluster://host:port``
+    (``rediss+cluster://`` for TLS), a ``redis://`` URL with ``cluster=True``, or
+    ``redis=`` an existing ``redis.Redis`` / ``redis.cluster.RedisCluster`` to use
+    instead of a URL. The keyword defaults apply to every task that does not set
+    its own. No connection is opened until first use.
     """
 
     def __init__(
@@ -55,9 +61,16 @@ class App:
         cluster: bool = False,
         wake_cap: int = defaults.WAKE_CAP,
         middleware: Sequence[Middleware] = (),
+        redis: RedisClient | None = None,
     ) -> None:
         self.name = name
-        self.redis_url = redis_url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
+        if redis is not None and not isinstance(redis, (redis_lib.Redis, RedisCluster)):
+            raise TypeError(f"redis must be a redis.Redis or redis.cluster.RedisCluster, not {type(redis).__name__}")
+        self._redis = redis
+        if redis is not None:  # what messages show: the client's address, never a password
+            self.redis_url = describe_redis(redis)
+        else:
+            self.redis_url = redis_url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
         self.queue = validate_queue(queue)
         self.max_attempts = check_int("max_attempts", max_attempts, 1)
         self.timeout_ms = check_int("timeout_ms", timeout_ms, 1)
@@ -89,7 +102,8 @@ class App:
             with self._client_lock:
                 if self._client is None:
                     self._client = OmniqClient(
-                        self.redis_url, cluster=self.cluster, max_payload_bytes=self.max_payload_bytes)
+                        self._redis if self._redis is not None else self.redis_url,
+                        cluster=self.cluster, max_payload_bytes=self.max_payload_bytes)
         return self._client
 
     def close(self) -> None:

@@ -6,7 +6,17 @@ between the load and the call, so a running client keeps working. On a plain ``r
 for its script calls: redis-py's per-command bookkeeping (pool checkout, retry
 wrapper, hooks) costs about 20 µs a call, as much as the script itself. Any
 connection error drops that connection and the call is made again the ordinary
-way, with redis-py's own retries. A Redis Cluster always goes the ordinary way.
+way, with redis-py's own retries.
+
+On a Redis Cluster one call goes the ordinary way (redis-py routes it by its
+KEYS[1], the queue's anchor: every key a script touches shares the anchor's hash
+tag, so one slot). redis-py's cluster pipeline refuses EVALSHA, so several calls
+(:meth:`Scripts.call_many`) are grouped by the primary owning their slot, each
+group pipelined on a connection to its node, every group sent before any reply
+is read: one round trip in all. A call answered MOVED, ASK, TRYAGAIN or
+CLUSTERDOWN did not run, and one whose node failed mid-way may have run: both are
+made again, unchanged, the ordinary way (which follows redirects and refreshes
+the slot map).
 
 A call may therefore reach Redis twice. The scripts a worker or a bulk publisher
 calls take a replay channel and sequence number (:meth:`Scripts.replay_tag`) and
@@ -23,7 +33,8 @@ from importlib import resources
 from typing import Any, Sequence
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
 
 # The OmniQ v1 protocol scripts, by the names every SDK uses.
 PROTOCOL_SCRIPTS = (
@@ -41,6 +52,9 @@ ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor (KEYS[1]), ARGV
 # NOSCRIPT answers in a row before a call gives up (each one loads the script again).
 NOSCRIPT_TRIES = 100
+# Cluster replies that mean the call did not run on that node: send it again the ordinary way.
+_NOT_RUN_HERE = (AskError, ClusterDownError, TryAgainError)  # MovedError is an AskError
+_LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def pack_evalsha(sha: bytes, anchor: str, args: Sequence[Any]) -> bytes:
@@ -91,6 +105,7 @@ class Scripts:
         self._shas = {name: script.sha.encode() for name, script in self._scripts.items()}
         # Only a plain redis.Redis (not a cluster, not a subclass with its own routing).
         self._direct = type(client) is redis.Redis
+        self._cluster = isinstance(client, RedisCluster)
         self._local = threading.local()
         self._threads = itertools.count()
 
@@ -176,6 +191,8 @@ class Scripts:
         return replies
 
     def _send_all(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if self._cluster:
+            return self._send_cluster(calls)
         conn = self._connection()
         if conn is not None:
             try:
@@ -199,6 +216,74 @@ class Scripts:
         for name, anchor, args in calls:
             pipe.evalsha(self._scripts[name].sha, 1, anchor, *args)
         return list(pipe.execute(raise_on_error=False))
+
+    def _send_cluster(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """The calls on a cluster: one pipeline per primary, all sent before any reply is read.
+
+        Calls to one node keep their order (a queue's acks before its reserve); calls
+        to different nodes touch different queues, so their order does not matter.
+        """
+        replies: list[Any] = [None] * len(calls)
+        again: list[int] = []  # positions to make again the ordinary way
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (_, anchor, _) in enumerate(calls):
+            try:
+                node = self._client.get_node_from_key(anchor)
+            except redis.exceptions.RedisClusterException:  # slot not covered: let redis-py say why
+                again.append(i)
+                continue
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, positions) awaiting replies
+        resent = False
+        try:
+            for node, positions in by_node.values():
+                pool = self._client.get_redis_connection(node).connection_pool
+                try:
+                    conn = pool.get_connection()
+                except _LINK_ERRORS:
+                    again += positions  # nothing was sent: not a resend
+                    continue
+                sent.append((pool, conn, positions))
+                try:
+                    conn.send_packed_command([b"".join(
+                        pack_evalsha(self._shas[calls[i][0]], calls[i][1], calls[i][2]) for i in positions)],
+                        check_health=False)
+                except _LINK_ERRORS:  # part may have gone out
+                    sent.pop()
+                    conn.disconnect()
+                    pool.release(conn)
+                    again += positions
+                    resent = True
+            while sent:
+                pool, conn, positions = sent[0]
+                done = 0
+                try:
+                    for i in positions:
+                        try:
+                            replies[i] = conn.read_response()
+                        except redis.ResponseError as exc:
+                            replies[i] = exc
+                        done += 1
+                except _LINK_ERRORS:  # the calls not answered may have run
+                    conn.disconnect()
+                    again += positions[done:]
+                    resent = True
+                sent.pop(0)
+                pool.release(conn)
+        finally:  # interrupted mid-reply: the connections not read to the end are out of step
+            for pool, conn, _ in sent:
+                conn.disconnect()
+                pool.release(conn)
+        again += [i for i, reply in enumerate(replies) if isinstance(reply, _NOT_RUN_HERE)]
+        for i in sorted(again):
+            name, anchor, args = calls[i]
+            try:  # raises ConnectionError/TimeoutError when redis-py cannot reach the node either
+                replies[i] = self._call_loading(name, anchor, args)
+            except redis.ResponseError as exc:
+                replies[i] = exc
+        if resent:
+            self._local.resent = True
+        return replies
 
     def _connection(self) -> Any:
         """This thread's connection for script calls (None: use the ordinary path)."""

@@ -22,6 +22,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import redis as redis_lib
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from ..protocol import keys
 from ..errors import OmniqError
@@ -117,7 +119,7 @@ class Worker:
         self.exchanger = Exchanger(self.client, self.queues, self.concurrency, self.leases,
                                    self.runner.submit, self.troubles, self.hooks, paused_backoff_s)
         self._summary = (clock(), 0, 0)  # when, processed, failures at the last summary
-        self._waker: threading.Thread | None = None
+        self._wakers: list[threading.Thread] = []
         self._outage_s = 0.0
 
     @property
@@ -280,23 +282,40 @@ class Worker:
         return finished
 
     def _ensure_waker(self) -> None:
-        if self._waker is None:
-            self._waker = threading.Thread(target=self._wake_loop, name="omniq-waker", daemon=True)
-            self._waker.start()
+        if not self._wakers:
+            for n, wake_keys in enumerate(self._wake_groups()):
+                waker = threading.Thread(target=self._wake_loop, args=(wake_keys,),
+                                         name=f"omniq-waker-{n}", daemon=True)
+                self._wakers.append(waker)
+                waker.start()
 
-    def _wake_loop(self) -> None:
-        """Block on the queues' wake lists (pushed by our publishers) while we have free slots."""
-        conn = self.client.redis
+    def _wake_groups(self) -> list[list[str]]:
+        """The wake lists, grouped so that one BLPOP can wait on each group.
+
+        Standalone: one group of every queue. Redis Cluster: one group per slot, since
+        a BLPOP cannot span slots and each queue's keys share its own hash tag (so
+        several queues share a group only when their names hash to the same slot).
+        """
         wake_keys = [keys.wake_key(q) for q in self.queues]
-        single_slot = len(wake_keys) == 1 or not self.app.cluster
+        if not isinstance(self.client.redis, RedisCluster):
+            return [wake_keys]
+        by_slot: dict[int, list[str]] = {}
+        for key in wake_keys:
+            by_slot.setdefault(key_slot(key.encode()), []).append(key)
+        return list(by_slot.values())
+
+    def _wake_loop(self, wake_keys: list[str]) -> None:
+        """Block on wake lists (pushed by our publishers) while we have free slots.
+
+        Each waker thread blocks on its own connection (on a cluster, one to the node
+        owning its slot); any of them waking sets off the same pass.
+        """
+        conn = self.client.redis
         while not self._stopping.is_set():
             if not self._idle.wait(timeout=1.0):
                 continue
             try:
-                if single_slot:
-                    got = conn.blpop(wake_keys, timeout=self.poll_interval_s)
-                else:  # cluster: one slot per queue, BLPOP cannot span them
-                    got = conn.blpop(wake_keys[:1], timeout=self.poll_interval_s)
+                got = conn.blpop(wake_keys, timeout=self.poll_interval_s)
             except Exception as exc:  # a lost connection, or the pool closed at shutdown
                 if self._stopping.is_set():
                     return
