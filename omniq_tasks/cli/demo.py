@@ -1,61 +1,168 @@
-"""``omniq-tasks demo``: emails per company on a throwaway redis-server, end to end.
+"""``omniq-tasks demo``: what the framework does, end to end, in a few seconds.
 
-Starts its own redis-server (unless given a URL), publishes a burst of typed,
-grouped jobs and a failing one, runs a worker until the queue is drained, and
-prints what happened: per-company order, the group limit, retries, and stats.
+Publishes 300 typed emails for six companies (a FIFO group per company, at most
+two at once), a billing task that fails once and succeeds on its retry, and one
+that always fails; runs a worker (threads, in this process) while it shows live
+progress, then a summary: completed, failed, retried, the most mails any company
+ran at once (measured from the tasks' own start and end times), per-company
+order, throughput. Exit code 0 when everything behaved, 1 otherwise.
 
-On a Redis of the user's, the demo must not touch their data: it works in a queue
-of its own (``demo-emails-<random>``) and deletes that queue's keys, and only
-those, when it ends.
+Where: by default a throwaway ``embedded://`` server in a temporary folder
+(:func:`default_target`); ``--redis-url`` uses the user's Redis. There the demo
+must not touch the user's data: it works in queues of its own
+(``demo-emails-<hex>`` and ``demo-billing-<hex>``, names no key on the server
+uses) and deletes exactly those queues' keys when it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import shutil
+import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TaskID
+from rich.table import Table
 
-from ..protocol import keys
 from ..app import App
-from ..protocol.client import redis_errors
-from ..defaults import READ_PAGE
 from ..context import JobContext
-from ..testing import RedisServer
+from ..defaults import READ_PAGE
+from ..middleware import AckResult, Middleware
+from ..outcome import Outcome
+from ..protocol import keys
+from ..protocol.client import redis_errors
+from ..protocol.connection import EMBEDDED_SCHEME, scheme_of
+from ..protocol.models import QueueStats, ReservedJob
 from ..protocol.urls import redact_url
+from ..results import JobHandle
+from ..task import Task
 from ..worker.loop import Worker
 
-COMPANIES = (1, 2, 3)
-MAILS_PER_COMPANY = 4
+# company id -> how many emails it sends: 300 in all, uneven like real tenants.
+COMPANY_MAILS = {1: 80, 2: 60, 3: 50, 4: 45, 5: 40, 6: 25}
 GROUP_LIMIT = 2
+CONCURRENCY = 16
+MAIL_SECONDS = (0.03, 0.07)  # each "SMTP call" sleeps between these, by the mail's number
+BILLING_BACKOFF_MS = 200
+DEADLINE_S = 20.0  # a demo that has not finished by then reports what it saw
+REFRESH_S = 0.1
 
 
 class Email(msgspec.Struct):
     to: str
     subject: str
+    number: int  # the mail's place in its company's outbox, from 0
 
 
-def build_app(url: str, record: list[tuple[int, str, float, float]], lock: threading.Lock,
-              queue: str = "demo-emails") -> App:
-    app = App("demo", url, backoff_ms=200)
+class Invoice(msgspec.Struct):
+    company_id: int
+    amount_cents: int
 
-    @app.task(queue=queue, gid="company:{company_id}", group_limit=GROUP_LIMIT, name="demo.send_email")
-    def send_email(company_id: int, msg: Email) -> None:
-        started = time.monotonic()
-        time.sleep(0.05)
-        with lock:
-            record.append((company_id, msg.subject, started, time.monotonic()))
 
-    @app.task(queue=queue, max_attempts=2, name="demo.flaky")
-    def flaky(ctx: JobContext, n: int) -> None:
-        raise RuntimeError(f"flaky job {n} failed on attempt {ctx.attempt}")
+class CardDeclined(Exception):
+    pass
 
-    return app
+
+class Span(NamedTuple):
+    number: int
+    lease_ms: int  # when the worker leased it (the server's clock; ms)
+    start: float  # when the task's body began and ended (time.monotonic())
+    end: float
+
+
+@dataclass
+class Record:
+    """What the tasks and the worker saw, written from the worker's threads."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    spans: dict[int, list[Span]] = field(default_factory=dict)  # company -> its mails
+    acks: dict[str, int] = field(default_factory=dict)  # AckResult.status -> count
+    done: dict[str, int] = field(default_factory=dict)  # queue -> completed
+    retried: set[str] = field(default_factory=set)  # job ids that ran again after a failure
+
+    def sent(self, company_id: int) -> int:
+        with self.lock:
+            return len(self.spans.get(company_id, ()))
+
+    def count(self, status: str) -> int:
+        with self.lock:
+            return self.acks.get(status, 0)
+
+
+class Tally(Middleware):
+    """Counts how each job's ack ended (the worker's loop thread calls it)."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+    def after_ack(self, job: ReservedJob, outcome: Outcome, result: AckResult) -> None:
+        record = self.record
+        with record.lock:
+            record.acks[result.status] = record.acks.get(result.status, 0) + 1
+            if result.status == "completed":
+                record.done[job.queue] = record.done.get(job.queue, 0) + 1
+            elif result.status == "retry":
+                record.retried.add(job.job_id)
+
+
+class Queues(NamedTuple):
+    emails: str
+    billing: str
+
+
+def default_target() -> str:
+    """``embedded://`` on a fresh temporary folder (the caller removes the folder)."""
+    return f"{EMBEDDED_SCHEME}://{tempfile.mkdtemp(prefix='omniq-demo-')}"
+
+
+def embedded_folder(url: str) -> Path | None:
+    """The folder of an ``embedded://`` URL; None for any other scheme."""
+    return Path(url.partition("://")[2]) if scheme_of(url) == EMBEDDED_SCHEME else None
+
+
+class Demo(NamedTuple):
+    app: App
+    send_email: Task[[int, Email], None]
+    sync_invoice: Task[[Invoice], None]
+    charge_card: Task[[Invoice], None]
+
+
+def build_app(url: str, queues: Queues, record: Record) -> Demo:
+    app = App("demo", url, middleware=[Tally(record)])
+
+    @app.task(queue=queues.emails, gid="company:{company_id}", group_limit=GROUP_LIMIT,
+              name="demo.send_email")
+    def send_email(ctx: JobContext, company_id: int, msg: Email) -> None:
+        start = time.monotonic()
+        low, high = MAIL_SECONDS
+        time.sleep(low + (high - low) * (msg.number * 7 % 10) / 9)
+        span = Span(msg.number, ctx.lock_until_ms, start, time.monotonic())
+        with record.lock:
+            record.spans.setdefault(company_id, []).append(span)
+
+    @app.task(queue=queues.billing, max_attempts=3, backoff_ms=BILLING_BACKOFF_MS, name="demo.sync_invoice")
+    def sync_invoice(ctx: JobContext, invoice: Invoice) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError(f"CRM timed out syncing company {invoice.company_id}'s invoice")
+
+    @app.task(queue=queues.billing, max_attempts=3, backoff_ms=BILLING_BACKOFF_MS, name="demo.charge_card")
+    def charge_card(ctx: JobContext, invoice: Invoice) -> None:
+        raise CardDeclined(f"card declined for company {invoice.company_id} "
+                           f"({invoice.amount_cents / 100:.2f} EUR, attempt {ctx.attempt})")
+
+    return Demo(app, send_email, sync_invoice, charge_card)
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment (an end at the moment of a start closes first)."""
     edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = peak = 0
     for _, step in edges:
@@ -64,13 +171,34 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
-def own_queue(app: App) -> str:
-    """A queue name nobody uses on this Redis: demo-emails-<8 random hex digits>."""
+def fifo_kept(spans: list[Span]) -> bool:
+    """Did a company's mails run in the order they were published?
+
+    Two checks that thread scheduling cannot fool: the worker leased them in
+    order (the server's lease times never go back, ties allowed), and no mail ran
+    from start to end before an earlier one started.
+    """
+    by_number = sorted(spans)
+    leases = [s.lease_ms for s in by_number]
+    if leases != sorted(leases):
+        return False
+    earliest_later_end = float("inf")
+    for span in reversed(by_number):
+        if earliest_later_end <= span.start:
+            return False
+        earliest_later_end = min(earliest_later_end, span.end)
+    return True
+
+
+def own_queues(app: App) -> Queues:
+    """Queue names nobody uses on this Redis: demo-emails-<hex> and demo-billing-<hex>."""
     while True:
-        queue = f"demo-emails-{secrets.token_hex(4)}"
+        suffix = secrets.token_hex(4)
+        queues = Queues(f"demo-emails-{suffix}", f"demo-billing-{suffix}")
         with redis_errors(app.client.url):
-            if not any(True for _ in app.client.redis.scan_iter(match=keys.queue_pattern(queue), count=READ_PAGE)):
-                return queue
+            if not any(any(True for _ in app.client.redis.scan_iter(match=keys.queue_pattern(q), count=READ_PAGE))
+                       for q in queues):
+                return queues
 
 
 def remove_queue(app: App, queue: str) -> int:
@@ -83,62 +211,162 @@ def remove_queue(app: App, queue: str) -> int:
     return len(found)
 
 
-def run(url: str | None = None) -> int:
-    """Run the demo; returns an exit code (0 when everything behaved)."""
-    server = RedisServer() if url is None else None
-    target = url or (server.url if server else "")
-    record: list[tuple[int, str, float, float]] = []
-    lock = threading.Lock()
-    app: App | None = None
-    queue = ""
+def publish(demo: Demo) -> JobHandle:
+    """The 300 emails (interleaved across companies, as they would arrive) and the billing jobs.
+
+    Returns the handle of the job that always fails.
+    """
+    calls = [(company, Email(to=f"user{n}@company{company}.example", subject=f"Invoice #{n}", number=n))
+             for n in range(max(COMPANY_MAILS.values()))
+             for company, mails in COMPANY_MAILS.items() if n < mails]
+    demo.send_email.map(calls)  # one script call for all of them
+    demo.sync_invoice.delay(Invoice(company_id=1, amount_cents=12_900))
+    return demo.charge_card.delay(Invoice(company_id=2, amount_cents=4_200))
+
+
+def queue_table(app: App, queues: Queues, record: Record) -> Table:
+    table = Table(title="queues (live)", title_justify="left")
+    for column in ("queue", "waiting", "active", "delayed", "completed", "failed"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for queue in queues:
+        stats: QueueStats = app.client.stats(queue)
+        with record.lock:
+            done = record.done.get(queue, 0)
+        table.add_row(queue, str(stats.waiting_total), str(stats.active), str(stats.delayed),
+                      str(done), str(stats.failed))
+    return table
+
+
+def finished(record: Record, app: App, queues: Queues) -> bool:
+    total = sum(COMPANY_MAILS.values()) + 1  # the emails and sync_invoice
+    with record.lock:
+        completed, failed = record.acks.get("completed", 0), record.acks.get("failed", 0)
+    return completed >= total and failed >= 1 and app.client.stats(queues.billing).active == 0
+
+
+def run_worker(app: App, queues: Queues, record: Record, console: Console) -> float:
+    """Run a worker until the demo's jobs are settled (or the deadline); returns seconds taken."""
+    worker = Worker(app, list(queues), concurrency=CONCURRENCY, maintenance_interval_s=0.1,
+                    poll_interval_s=0.2)
+    loop = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
+    started = time.monotonic()
+    loop.start()
+    deadline = started + DEADLINE_S
     try:
-        probe = App("demo", target)
-        queue = own_queue(probe)
-        probe.close()
-        app = build_app(target, record, lock, queue)
-        send_email = app.registry.get("demo.send_email")
-        flaky = app.registry.get("demo.flaky")
-        assert send_email is not None and flaky is not None
-        print(f"redis: {redact_url(target)}{' (embedded, throwaway)' if server else ''}, queue: {queue}")
-        for n in range(MAILS_PER_COMPANY):
-            for company in COMPANIES:
-                send_email.delay(company, Email(to=f"user{n}@company{company}.example", subject=f"mail {n}"))
-        failing = flaky.delay(1)
-        print(f"published {MAILS_PER_COMPANY * len(COMPANIES)} emails for companies {COMPANIES} "
-              f"(group_limit={GROUP_LIMIT}) and one task that always fails")
-        worker = Worker(app, concurrency=8, maintenance_interval_s=0.1)
-        loop = threading.Thread(target=worker.run, name="demo-worker")
-        loop.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (
-                len(record) < MAILS_PER_COMPANY * len(COMPANIES) or failing.status() != "failed"):
-            time.sleep(0.05)
-        worker.stop()
-        loop.join()
-        ok = True
-        for company in COMPANIES:
-            mails = [(s, a, b) for c, s, a, b in record if c == company]
-            order = [s for s, _, _ in sorted(mails, key=lambda m: m[1])]
-            peak = most_at_once([(a, b) for _, a, b in mails])
-            in_order = order == [f"mail {n}" for n in range(MAILS_PER_COMPANY)]
-            ok &= in_order and peak <= GROUP_LIMIT
-            print(f"company {company}: {len(mails)} sent, in order: {in_order}, most at once: {peak}")
-        info = failing.info()
-        print(f"failing job: state={info.state if info else None}, attempts={info.attempt if info else None}, "
-              f"last_error={(info.last_error.splitlines() or [''])[0] if info else ''!r}")
-        stats = app.client.stats(queue)
-        print(f"stats: completed_kept={stats.completed_kept} failed={stats.failed} "
-              f"waiting={stats.waiting_total} active={stats.active}")
-        ok &= info is not None and info.state == "failed" and stats.active == 0
-        print("demo: OK" if ok else "demo: something did not behave")
-        return 0 if ok else 1
+        if console.is_terminal:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                console=console)
+            bars: dict[int, TaskID] = {
+                company: progress.add_task(f"company {company} emails", total=mails)
+                for company, mails in COMPANY_MAILS.items()}
+            with Live(console=console, transient=False, auto_refresh=False) as live:
+                while True:
+                    for company, bar in bars.items():
+                        progress.update(bar, completed=record.sent(company))
+                    live.update(Group(progress, queue_table(app, queues, record)), refresh=True)
+                    if finished(record, app, queues) or time.monotonic() > deadline:
+                        break
+                    time.sleep(REFRESH_S)
+        else:
+            console.print(f"running a worker ({CONCURRENCY} threads) ...")
+            while not finished(record, app, queues) and time.monotonic() < deadline:
+                time.sleep(REFRESH_S)
+        return time.monotonic() - started
     finally:
-        if app is not None:
-            if server is None and queue:
-                remove_queue(app, queue)
-            app.close()
-        if server is not None:
-            server.stop()
+        worker.stop()
+        loop.join(timeout=10)
+
+
+def summary(app: App, queues: Queues, record: Record, failing: JobHandle, elapsed: float,
+            console: Console) -> bool:
+    """Print the summary table; True when everything behaved."""
+    emails = sum(COMPANY_MAILS.values())
+    with record.lock:
+        spans = {company: list(s) for company, s in record.spans.items()}
+        completed = record.acks.get("completed", 0)
+        failed = record.acks.get("failed", 0)
+        retries = record.acks.get("retry", 0)
+        retried = len(record.retried)
+        lost = record.acks.get("lost", 0) + record.acks.get("error", 0)
+    peaks = {c: most_at_once([(s.start, s.end) for s in spans.get(c, [])]) for c in COMPANY_MAILS}
+    fifo = {c: fifo_kept(spans.get(c, [])) and len(spans.get(c, [])) == COMPANY_MAILS[c] for c in COMPANY_MAILS}
+    peak = max(peaks.values())
+    info = failing.info()
+    error = info.last_error if info is not None else ""
+    traceback_kept = info is not None and info.state == "failed" and "CardDeclined" in error
+    stats = [app.client.stats(q) for q in queues]
+    idle = all(s.active == 0 and s.waiting_total == 0 and s.delayed == 0 for s in stats)
+
+    checks: list[tuple[str, str, str, bool]] = [
+        ("completed", str(completed), f"{emails + 1} ({emails} emails, 1 invoice)", completed == emails + 1),
+        ("failed", str(failed), "1 (charge_card, every attempt)", failed == 1 and traceback_kept),
+        ("retried", f"{retried} jobs, {retries} retries", ">= 1 (the invoice ran again)", retried >= 1),
+        ("most at once", f"{peak} (of any company)", f"<= group_limit {GROUP_LIMIT}", peak <= GROUP_LIMIT),
+        ("FIFO per company", f"{sum(fifo.values())}/{len(fifo)} companies", "every company", all(fifo.values())),
+        ("queues idle", "yes" if idle else "no", "nothing waiting or running", idle and lost == 0),
+    ]
+    table = Table(title="omniq-tasks demo: summary", title_justify="left")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_column("expected")
+    table.add_column("ok")
+    for name, value, expected, ok in checks:
+        table.add_row(name, value, expected, "ok" if ok else "[bold red]NO[/]")
+    jobs = completed + failed
+    table.add_row("throughput", f"{jobs / elapsed:.0f} jobs/s" if elapsed > 0 else "-",
+                  f"mails sleep {MAIL_SECONDS[0] * 1000:.0f}-{MAIL_SECONDS[1] * 1000:.0f} ms", "")
+    table.add_row("elapsed", f"{elapsed:.2f} s", "", "")
+    console.print(table)
+
+    per_company = Table(title="per company", title_justify="left")
+    for column in ("company", "emails", "sent", "most at once", "in order"):
+        per_company.add_column(column, justify="right")
+    for company, mails in COMPANY_MAILS.items():
+        per_company.add_row(str(company), str(mails), str(len(spans.get(company, []))), str(peaks[company]),
+                            "yes" if fifo[company] else "[bold red]NO[/]")
+    console.print(per_company)
+    lines = error.strip().splitlines()
+    if lines:
+        console.print(f"charge_card failed for good after {info.attempt if info else '?'} attempts; "
+                      f"its last_error keeps the exception and the traceback:", highlight=False)
+        for line in lines[:12]:
+            console.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
+    ok = all(ok for *_, ok in checks)
+    console.print("demo: OK" if ok else "[bold red]demo: something did not behave[/]")
+    return ok
+
+
+def run(url: str | None = None, console: Console | None = None) -> int:
+    """Run the demo on ``url`` (default: :func:`default_target`); returns an exit code."""
+    console = console or Console(highlight=False)
+    target = url or default_target()
+    folder = embedded_folder(target) if url is None else None
+    record = Record()
+    probe = App("demo", target)  # finds free queue names, removes them at the end
+    queues: Queues | None = None
+    demo: Demo | None = None
+    try:
+        queues = own_queues(probe)
+        demo = build_app(target, queues, record)
+        where = f"a throwaway embedded server in {folder}" if folder else redact_url(target)
+        console.print(f"redis: {where}; queues: {queues.emails}, {queues.billing}")
+        failing = publish(demo)
+        console.print(f"published {sum(COMPANY_MAILS.values())} emails for {len(COMPANY_MAILS)} companies "
+                      f"(gid company:<id>, group_limit={GROUP_LIMIT}), an invoice sync that fails once, "
+                      f"and a card charge that always fails")
+        elapsed = run_worker(demo.app, queues, record, console)
+        return 0 if summary(demo.app, queues, record, failing, elapsed, console) else 1
+    finally:
+        try:
+            if demo is not None:
+                demo.app.close()
+            if queues is not None:
+                for queue in queues:
+                    remove_queue(probe, queue)
+        finally:
+            probe.close()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
