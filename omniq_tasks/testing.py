@@ -109,8 +109,10 @@ class RedisServer:
     not asked for certificates, and ``url`` is ``rediss://...?ssl_ca_certs=<ca.pem>``.
     """
 
-    def __init__(self, *extra_args: str, port: int | None = None, tls: bool = False) -> None:
+    def __init__(self, *extra_args: str, port: int | None = None, tls: bool = False,
+                 binary: str | None = None) -> None:
         self.port = port or free_port()
+        self.binary = binary or redis_server_binary()
         self.extra_args = extra_args
         self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="omniq-redis-"))
@@ -125,10 +127,11 @@ class RedisServer:
                       "--tls-key-file", str(self.server_cert.key),
                       "--tls-ca-cert-file", str(self.ca.cert), "--tls-auth-clients", "no"]
         cmd = [
-            redis_server_binary(), *listen, "--bind", "127.0.0.1",
+            self.binary, *listen, "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", "--appendonly", "no",
             "--logfile", str(self.dir / "redis.log"), *extra_args,
         ]
+        self._cmd = cmd
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_ready()
 
@@ -171,6 +174,19 @@ class RedisServer:
         self.stop()
         self.__init__(*self.extra_args, port=self.port, tls=self.tls)  # type: ignore[misc]
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash): its dir and files stay for :meth:`start_again`."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def start_again(self) -> None:
+        """Start the same command again, same port and dir (what it persisted comes back)."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"redis-server on port {self.port} is still running")
+        self.process = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready()
+
     def stop(self, keep_dir: bool = False) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -184,13 +200,19 @@ class RedisServer:
 
 
 class RedisClusterNodes:
-    """A real 3-master Redis Cluster on free ports (no replicas)."""
+    """A real 3-master Redis Cluster on free ports (no replicas).
 
-    def __init__(self, masters: int = 3) -> None:
+    ``persist=True`` gives each node an append-only file synced on every write, so a
+    node killed with :meth:`kill_node` comes back from :meth:`restart_node` with its
+    data as well as its slots (``nodes.conf``).
+    """
+
+    def __init__(self, masters: int = 3, *, persist: bool = False) -> None:
+        durable = ("--appendonly", "yes", "--appendfsync", "always") if persist else ()
         self.nodes = [
             # a node's cluster bus listens on port + 10000, so the port must be <= 55535
             RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "2000", port=free_port(55535))
+                        "--cluster-node-timeout", "2000", *durable, port=free_port(55535))
             for _ in range(masters)
         ]
         cli = shutil.which("redis-cli")
@@ -203,21 +225,54 @@ class RedisClusterNodes:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
-        self._wait_ok()
+        self.wait_ok()
 
-    def _wait_ok(self) -> None:
-        deadline = time.monotonic() + 20
+    def wait_ok(self, timeout: float = 20) -> None:
+        """Wait until every node says cluster_state:ok (after a start or a restart)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            infos = [redis.Redis(port=n.port).cluster("info") for n in self.nodes]
-            if all(i.get("cluster_state") == "ok" for i in infos):
+            try:
+                infos = [redis.Redis(port=n.port, socket_timeout=1).cluster("info") for n in self.nodes]
+            except redis.ConnectionError:
+                infos = []
+            if infos and all(i.get("cluster_state") == "ok" for i in infos):
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError("test cluster did not reach cluster_state:ok within 20 s")
+        raise RuntimeError(f"test cluster did not reach cluster_state:ok within {timeout} s")
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    @property
+    def cluster_url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def node_of(self, key: str) -> int:
+        """The index in ``nodes`` of the master serving ``key``'s slot (asked of a live node)."""
+        for node in self.nodes:
+            if node.process.poll() is None:
+                with redis.Redis(port=node.port) as conn:
+                    slot = int(conn.cluster("keyslot", key))
+                    ranges = conn.cluster("slots")
+                break
+        else:
+            raise RuntimeError("no node of the test cluster is running")
+        ports = [n.port for n in self.nodes]
+        for start, end, master, *_ in ranges:
+            if int(start) <= slot <= int(end):
+                return ports.index(int(master[1]))
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL master ``i`` (a crash); :meth:`restart_node` brings it back."""
+        self.nodes[i].kill()
+
+    def restart_node(self, i: int, timeout: float = 20) -> None:
+        """Start master ``i`` again on its port with its nodes.conf (and data, with ``persist``)."""
+        self.nodes[i].start_again()
+        self.wait_ok(timeout)
 
     def stop(self) -> None:
         for node in self.nodes:
