@@ -24,9 +24,9 @@ from redis_server import RedisServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "100"}
-    return subprocess.run([sys.executable, "-m", "omniq_tasks", "demo", *args], cwd=ROOT, env=env,
+def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "omniq_tasks", "demo", *args], cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "100", **(env or {})},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -40,13 +40,9 @@ def summary_rows(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_demo_on_a_given_redis_reports_and_cleans_up(r: redis.Redis, redis_server: RedisServer) -> None:
-    started = time.monotonic()
-    result = run_demo("--redis-url", redis_server.url)
-    took = time.monotonic() - started
+def assert_everything_behaved(result: subprocess.CompletedProcess[str]) -> None:
     out = result.stdout
     assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{result.stderr}"
-    assert took < 15, f"the demo took {took:.1f} s"
 
     # not a terminal: no live animation (no cursor movement), and no colour codes
     assert "\x1b[" not in out
@@ -70,11 +66,47 @@ def test_demo_on_a_given_redis_reports_and_cleans_up(r: redis.Redis, redis_serve
         assert int(rows[company][2]) <= 2                        # per company: most at once
     # the failed job's traceback was kept, and shown
     assert "CardDeclined: card declined for company 2" in out
-    assert 'in charge_card' in out
+    assert "in charge_card" in out
     assert out.rstrip().endswith("demo: OK")
 
+
+def test_demo_on_a_given_redis_reports_and_cleans_up(r: redis.Redis, redis_server: RedisServer) -> None:
+    started = time.monotonic()
+    result = run_demo("--redis-url", redis_server.url)
+    took = time.monotonic() - started
+    assert_everything_behaved(result)
+    assert took < 15, f"the demo took {took:.1f} s"
     # nothing of the demo is left: the test DB was empty before, and is again
     assert r.keys("*") == []
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_demo_with_no_arguments_runs_on_a_throwaway_embedded_server(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    result = run_demo(env={"TMPDIR": str(temp)})
+    assert_everything_behaved(result)
+    where = re.search(r"^redis: a throwaway embedded server \((redis-server|valkey-server)\) in (\S+)$",
+                      result.stdout, re.M)
+    assert where is not None, result.stdout
+    folder = Path(where[2])
+    assert folder.parent == temp
+    # the server stopped and its folder went with it
+    assert list(temp.iterdir()) == []
+    assert processes_naming(str(folder)) == []
 
 
 def test_demo_exit_code_1_when_redis_is_unreachable() -> None:

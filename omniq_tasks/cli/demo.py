@@ -29,6 +29,7 @@ from typing import NamedTuple
 import msgspec
 from rich.console import Console, Group
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TaskID
 from rich.table import Table
 
@@ -39,6 +40,7 @@ from ..middleware import AckResult, Middleware
 from ..outcome import Outcome
 from ..protocol import keys
 from ..protocol.client import redis_errors
+from ..protocol import embedded
 from ..protocol.connection import EMBEDDED_SCHEME, scheme_of
 from ..protocol.models import QueueStats, ReservedJob
 from ..protocol.urls import redact_url
@@ -259,14 +261,23 @@ def run_worker(app: App, queues: Queues, record: Record, console: Console) -> fl
             bars: dict[int, TaskID] = {
                 company: progress.add_task(f"company {company} emails", total=mails)
                 for company, mails in COMPANY_MAILS.items()}
-            with Live(console=console, transient=False, auto_refresh=False) as live:
-                while True:
-                    for company, bar in bars.items():
-                        progress.update(bar, completed=record.sent(company))
-                    live.update(Group(progress, queue_table(app, queues, record)), refresh=True)
-                    if finished(record, app, queues) or time.monotonic() > deadline:
-                        break
-                    time.sleep(REFRESH_S)
+            # The worker's log lines (a retry, the failure) print above the live display.
+            logger = logging.getLogger("omniq_tasks")
+            handler = RichHandler(console=console, show_path=False, show_time=False)
+            logger.addHandler(handler)
+            propagate, logger.propagate = logger.propagate, False
+            try:
+                with Live(console=console, transient=False, auto_refresh=False) as live:
+                    while True:
+                        for company, bar in bars.items():
+                            progress.update(bar, completed=record.sent(company))
+                        live.update(Group(progress, queue_table(app, queues, record)), refresh=True)
+                        if finished(record, app, queues) or time.monotonic() > deadline:
+                            break
+                        time.sleep(REFRESH_S)
+            finally:
+                logger.removeHandler(handler)
+                logger.propagate = propagate
         else:
             console.print(f"running a worker ({CONCURRENCY} threads) ...")
             while not finished(record, app, queues) and time.monotonic() < deadline:
@@ -328,7 +339,7 @@ def summary(app: App, queues: Queues, record: Record, failing: JobHandle, elapse
     lines = error.strip().splitlines()
     if lines:
         console.print(f"charge_card failed for good after {info.attempt if info else '?'} attempts; "
-                      f"its last_error keeps the exception and the traceback:", highlight=False)
+                      f"its last_error keeps the exception and the traceback:", soft_wrap=True)
         for line in lines[:12]:
             console.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
     ok = all(ok for *_, ok in checks)
@@ -348,12 +359,14 @@ def run(url: str | None = None, console: Console | None = None) -> int:
     try:
         queues = own_queues(probe)
         demo = build_app(target, queues, record)
-        where = f"a throwaway embedded server in {folder}" if folder else redact_url(target)
-        console.print(f"redis: {where}; queues: {queues.emails}, {queues.billing}")
+        where = (f"a throwaway embedded server ({Path(embedded.find_server_binary()).name}) in {folder}"
+                 if folder else redact_url(target))
+        console.print(f"redis: {where}", soft_wrap=True)
+        console.print(f"queues: {queues.emails}, {queues.billing}", soft_wrap=True)
         failing = publish(demo)
         console.print(f"published {sum(COMPANY_MAILS.values())} emails for {len(COMPANY_MAILS)} companies "
                       f"(gid company:<id>, group_limit={GROUP_LIMIT}), an invoice sync that fails once, "
-                      f"and a card charge that always fails")
+                      f"and a card charge that always fails", soft_wrap=True)
         elapsed = run_worker(demo.app, queues, record, console)
         return 0 if summary(demo.app, queues, record, failing, elapsed, console) else 1
     finally:
@@ -365,7 +378,8 @@ def run(url: str | None = None, console: Console | None = None) -> int:
                     remove_queue(probe, queue)
         finally:
             probe.close()
-            if folder is not None:
+            if folder is not None:  # we were its only user: it stops, then its folder goes
+                embedded.release(folder, wait_for_stop=True)
                 shutil.rmtree(folder, ignore_errors=True)
 
 
