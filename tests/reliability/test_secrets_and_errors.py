@@ -35,6 +35,25 @@ SECRET = "s3cr3t-Pa55"
     (f"rediss://h?ssl_password={SECRET}&ssl_cert_reqs=none", "rediss://h?ssl_password=***&ssl_cert_reqs=none"),
     ("redis://localhost:6379/0", "redis://localhost:6379/0"),
     (SECRET, "<not a URL>"),
+    # every other scheme we accept
+    (f"redis+sentinel://u:{SECRET}@h1:26379,h2:26380/mymaster/2?sentinel_password={SECRET}&socket_timeout=1",
+     "redis+sentinel://u:***@h1:26379,h2:26380/mymaster/2?sentinel_password=***&socket_timeout=1"),
+    (f"rediss+sentinel://:{SECRET}@[::1]:26379,h2/mymaster?sentinel_username=s&sentinel_password={SECRET}",
+     "rediss+sentinel://:***@[::1]:26379,h2/mymaster?sentinel_username=s&sentinel_password=***"),
+    ("redis+sentinel://h1,h2/mymaster", "redis+sentinel://h1,h2/mymaster"),
+    (f"REDIS+SENTINEL://:{SECRET}@h1/m", "REDIS+SENTINEL://:***@h1/m"),
+    (f"redis+cluster://default:{SECRET}@10.0.0.1:7000/0", "redis+cluster://default:***@10.0.0.1:7000/0"),
+    (f"rediss+cluster://:{SECRET}@node:7000?ssl_ca_certs=/etc/ca.pem",
+     "rediss+cluster://:***@node:7000?ssl_ca_certs=/etc/ca.pem"),
+    (f"unix://u:{SECRET}@/run/redis.sock?db=0", "unix://u:***@/run/redis.sock?db=0"),
+    (f"embedded://./data?password={SECRET}", "embedded://./data?password=***"),
+    (f"embedded://u:{SECRET}@./data", "embedded://u:***@./data"),
+    # a password holding "/", "?" or "#" (not percent-encoded) still never shows
+    (f"redis://u:{SECRET}/x@host/0", "redis://u:***@host/0"),
+    (f"redis://u:{SECRET}?x@host/0", "redis://u:***@host/0"),
+    (f"redis://u:{SECRET}#x@host/0", "redis://u:***@host/0"),
+    # an "@" in a query value is not a password's end
+    ("rediss://h/0?ssl_ca_certs=/a@b/ca.pem", "rediss://h/0?ssl_ca_certs=/a@b/ca.pem"),
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
