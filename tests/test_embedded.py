@@ -267,3 +267,34 @@ def test_the_worker_cli_runs_on_the_embedded_server_in_the_current_directory(tmp
         assert info is not None and info.state == "completed"
     embedded.release(tmp_path / ".omniq", wait_for_stop=True)
     assert wait_until(lambda: supervisor_pid(tmp_path / ".omniq") is None)
+
+
+def test_processes_starting_at_the_same_moment_get_one_server(folder: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys, redis
+        from omniq_tasks.protocol import embedded
+        url = embedded.attach({f"embedded://{folder}"!r}).url
+        print(redis.Redis.from_url(url).info("server")["process_id"], flush=True)
+        sys.stdin.read()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    try:
+        pids = {proc.stdout.readline().strip() for proc in procs}  # type: ignore[union-attr]
+        assert len(pids) == 1 and pids != {""}, pids
+        supervisors = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
+                       and b"omniq_tasks.protocol.embedded" in _cmdline(entry)]
+        assert sum(os.fsencode(folder) in _cmdline(entry) for entry in supervisors) == 1
+    finally:
+        for proc in procs:
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.wait(10)
+    server = int(pids.pop())
+    assert wait_until(lambda: not pid_alive(server))
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
