@@ -104,3 +104,112 @@ def test_scripts_reload_after_flush_on_every_node(cc: OmniqClient, redis_cluster
     cc.publish(q2, {"n": 1}, job_id="b", now_ms=1)
     assert cc.reserve(q1, now_ms=2).job_id == "a"
     assert cc.reserve(q2, now_ms=2).job_id == "b"
+
+
+def queues_on_every_node(c: OmniqClient, per_node: int = 2) -> list[str]:
+    """Queue names, ``per_node`` on each primary, interleaved so that neighbours differ."""
+    by_node: dict[str, list[str]] = {}
+    for n in range(200):
+        name = f"spread{n}"
+        node = c.redis.get_node_from_key("{" + name + "}:meta").name
+        if len(by_node.setdefault(node, [])) < per_node:
+            by_node[node].append(name)
+    assert len(by_node) == 3 and all(len(v) == per_node for v in by_node.values()), by_node
+    return [q for group in zip(*by_node.values()) for q in group]
+
+
+def test_call_many_spans_every_node_in_order_with_errors_in_place(cc: OmniqClient) -> None:
+    queues = queues_on_every_node(cc)
+    for q in queues:
+        cc.publish(q, {"q": q}, job_id=f"{q}-1", now_ms=1)
+    broken = "brokenq"
+    cc.redis.set("{" + broken + "}:wait", "not a list")  # its script's LPOP fails: an error reply
+    calls = [cc.reserve_batch_call(q, 5, now_ms=2) for q in queues]
+    calls.insert(3, cc.reserve_batch_call(broken, 5, now_ms=2))
+    replies = cc.scripts.call_many(calls)
+    assert isinstance(replies[3], redis.ResponseError) and "WRONGTYPE" in str(replies[3])
+    del replies[3]
+    for q, reply in zip(queues, replies):
+        assert reply[0] == b"JOBS" and reply[1] == f"{q}-1".encode()
+    assert cc.scripts.take_resent() is False
+    # Sent again unchanged (same replay tags): the first answers, nothing leased twice.
+    del calls[3]
+    again = cc.scripts.call_many(calls)
+    assert again == replies
+    assert all(cc.stats(q).active == 1 for q in queues)
+
+
+def test_call_many_reloads_scripts_flushed_on_every_node(cc: OmniqClient, redis_cluster) -> None:
+    queues = queues_on_every_node(cc, per_node=1)
+    for q in queues:
+        cc.publish(q, {"n": 1}, job_id="later", due_ms=5, now_ms=1)  # due long ago by the server's clock
+    for node in redis_cluster.nodes:
+        with redis.Redis(port=node.port) as conn:
+            conn.script_flush()
+    replies = cc.scripts.call_many([call for q in queues for call in cc.maintenance_calls(q)])
+    assert len(replies) == 6 and not any(isinstance(r, Exception) for r in replies), replies
+    assert [(cc.stats(q).waiting, cc.stats(q).delayed) for q in queues] == [(1, 0)] * 3
+
+
+def test_a_call_sent_to_the_wrong_node_is_made_again_where_its_slot_lives(cc: OmniqClient) -> None:
+    """A stale slot map (after a resharding) sends a call to a node that answers MOVED."""
+    q1, q2 = queues_on_two_nodes(cc)
+    cc.publish(q1, {"n": 1}, job_id="a", now_ms=1)
+    slots = cc.redis.nodes_manager.slots_cache
+    slot = cc.redis.keyslot("{" + q1 + "}:meta")
+    right = slots[slot]
+    slots[slot] = [cc.redis.get_node_from_key("{" + q2 + "}:meta")]  # the wrong primary
+    try:
+        replies = cc.scripts.call_many([cc.reserve_batch_call(q1, 1, now_ms=2), cc.reserve_batch_call(q2, 1, now_ms=2)])
+    finally:
+        if slots[slot][0].name != right[0].name:
+            slots[slot] = right
+    assert replies[0][:2] == [b"JOBS", b"a"] and replies[1][0] == b"EMPTY"
+    assert cc.redis.get_node_from_key("{" + q1 + "}:meta").name == right[0].name  # redis-py learned the move
+
+
+@pytest.mark.parametrize("how", ["redis+cluster URL", "cluster=True", "RedisCluster object"])
+def test_an_app_publishes_maps_and_reads_on_the_cluster(redis_cluster, how: str) -> None:
+    from omniq_tasks import App, JobStatus
+
+    port = redis_cluster.nodes[1].port
+    if how == "redis+cluster URL":
+        app = App("cl", f"redis+cluster://127.0.0.1:{port}")
+    elif how == "cluster=True":
+        app = App("cl", f"redis://127.0.0.1:{port}/0", cluster=True)
+    else:
+        app = App("cl", redis=RedisCluster(host="127.0.0.1", port=port))
+    try:
+        assert isinstance(app.client.redis, RedisCluster)
+        assert app.client.url.startswith("redis") and "127.0.0.1:" in app.redis_url  # no password to show
+        app.client.redis.flushall(target_nodes=RedisCluster.PRIMARIES)
+        q1, q2 = queues_on_two_nodes(app.client)
+
+        @app.task(queue=q1)
+        def one(n: int) -> None: ...
+
+        handle = one.delay(1)
+        handles = one.map(range(1500), queue=q2)
+        assert handle.status() is JobStatus.WAITING and handle.info().queue == q1
+        assert {h.status() for h in handles[::100]} == {JobStatus.WAITING}
+        assert (app.client.stats(q1).waiting, app.client.stats(q2).waiting) == (1, 1500)
+        assert app.client.list_queues() == sorted([q1, q2])
+    finally:
+        app.close()
+
+
+def test_the_worker_waits_on_one_wake_list_per_slot(cc: OmniqClient, redis_cluster) -> None:
+    from omniq_tasks import App
+    from omniq_tasks.worker import Worker
+
+    queues = queues_on_every_node(cc)
+    app = App("wk", redis_cluster.url, cluster=True)
+    try:
+        groups = Worker(app, queues, pool="inline")._wake_groups()
+        assert sorted(k for g in groups for k in g) == sorted("{" + q + "}:wake" for q in queues)
+        assert len(groups) == len(queues)  # six names, six slots
+        assert all(len({cc.redis.keyslot(k) for k in g}) == 1 for g in groups)
+    finally:
+        app.close()
+    standalone = App("wk", "redis://127.0.0.1:1/0")
+    assert Worker(standalone, queues, pool="inline")._wake_groups() == [["{" + q + "}:wake" for q in queues]]

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence, TypedDict
 import msgspec
 import redis as redis_lib
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException
 from typing_extensions import Unpack
 
 from . import keys
@@ -46,12 +47,18 @@ _json_encode = msgspec.json.Encoder().encode
 _ITEM_STATUSES = ("OK", "ERR")
 
 
-def backend_error(exc: redis_lib.RedisError, url: str) -> BackendError:
+# redis-py's cluster client raises these when it cannot reach or route to a node, or a
+# master of the cluster is down: the service is unavailable, as with a lost connection.
+CLUSTER_UNAVAILABLE = (ClusterDownError, RedisClusterException)
+REDIS_ERRORS = (redis_lib.RedisError, RedisClusterException)  # RedisClusterException is not a RedisError
+
+
+def backend_error(exc: Exception, url: str) -> BackendError:
     """Our error for a redis-py error; ``url`` must already be redacted."""
     text = str(exc)
     if isinstance(exc, redis_lib.TimeoutError):
         return OmniqTimeoutError(f"Redis at {url} did not answer in time: {text}", url=url)
-    if isinstance(exc, redis_lib.ConnectionError):
+    if isinstance(exc, (redis_lib.ConnectionError, *CLUSTER_UNAVAILABLE)):
         return OmniqConnectionError(f"cannot reach Redis at {url}: {text}", url=url)
     # redis-py strips the "OOM" word into the class; a script's error keeps it in the text
     if isinstance(exc, redis_lib.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in text:
@@ -83,7 +90,7 @@ def redis_errors(url: str) -> Iterator[None]:
     """Raise redis-py errors of the block as ours (see :func:`backend_error`)."""
     try:
         yield
-    except redis_lib.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise backend_error(exc, url) from exc
 
 
@@ -260,7 +267,7 @@ class OmniqClient:
             self.url = redact_url(url)
             try:  # a cluster client connects here already
                 self.redis: RedisClient = connect(url, cluster=cluster)
-            except redis_lib.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise backend_error(exc, self.url) from exc
         elif isinstance(redis, (redis_lib.Redis, RedisCluster)):
             self.redis = redis
@@ -286,7 +293,7 @@ class OmniqClient:
     def _call(self, name: str, anchor: str, *args: Any) -> Any:
         try:
             return self.scripts.call(name, anchor, args)
-        except redis_lib.RedisError as exc:  # into our family, with the URL but no password
+        except REDIS_ERRORS as exc:  # into our family, with the URL but no password
             raise backend_error(exc, self.url) from exc
 
     @staticmethod

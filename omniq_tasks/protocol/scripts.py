@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
 
 # The OmniQ v1 protocol scripts, by the names every SDK uses.
 PROTOCOL_SCRIPTS = (
@@ -165,6 +165,10 @@ class Scripts:
                 return self._client.evalsha(sha, 1, anchor, *args)
             except NoScriptError:
                 load_first = True
+            except (ClusterDownError, RedisClusterException) as exc:
+                # The slot's master is gone or cannot be found (redis-py retried already):
+                # like an unreachable server, the caller keeps the call and tries again.
+                raise redis.ConnectionError(f"the Redis Cluster cannot serve {anchor}: {exc}") from exc
         raise NoScriptError(f"script {name} was flushed {NOSCRIPT_TRIES} times in a row as it was loaded")
 
     def call_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -229,7 +233,7 @@ class Scripts:
         for i, (_, anchor, _) in enumerate(calls):
             try:
                 node = self._client.get_node_from_key(anchor)
-            except redis.exceptions.RedisClusterException:  # slot not covered: let redis-py say why
+            except RedisClusterException:  # slot not covered: the ordinary way says why
                 again.append(i)
                 continue
             by_node.setdefault(node.name, (node, []))[1].append(i)
