@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .report import default_path, markdown, print_table, table, write
-from .suite import Settings, Suite, log
+from .suite import MEASURES, Settings, Suite, log
 
 
 def positive(text: str) -> int:
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rss-jobs", type=positive,
                    help=f"jobs in the RSS run; RSS is sampled at job 10,000 and at the end "
                         f"(default {d.rss_jobs:,})")
+    p.add_argument("--cluster-jobs", type=positive,
+                   help=f"jobs per 3-queue run, standalone and on a 3-master cluster (default {d.cluster_jobs:,})")
+    p.add_argument("--only", action="append", choices=MEASURES,
+                   help="run only this group of measurements (repeatable); the other rows read 'not measured'")
     p.add_argument("--repeat", type=positive,
                    help=f"runs per throughput figure, the median is reported (default {d.repeat})")
     p.add_argument("--latency-seconds", type=float, help=f"latency run length (default {d.latency_s:g})")
@@ -59,10 +63,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for attr, value in (("jobs", args.jobs), ("peer_jobs", args.peer_jobs),
                         ("publish_jobs", args.publish_jobs), ("bulk_jobs", args.bulk_jobs),
                         ("rss_jobs", args.rss_jobs), ("repeat", args.repeat),
+                        ("cluster_jobs", args.cluster_jobs),
                         ("latency_s", args.latency_seconds), ("idle_s", args.idle_seconds)):
         if value is not None:
             setattr(s, attr, value)
     s.pin = args.pin
+    s.only = tuple(args.only or ())
     return s
 
 

@@ -8,6 +8,9 @@ Each App has its tasks on one queue, so a worker started with the default settin
     group_app  queue bench-groups  ``gnoop``  1,000 groups of limit 1
     lat_app    queue bench-lat     ``lat``    latency, foreign producers, idle CPU
     rss_app    queue bench-rss     ``rnoop``  RSS over a long run
+    multi_app  queues bench-c0, bench-c2, bench-c3   ``cnoop0/2/3``  three queues, one worker:
+               on a 3-master Redis Cluster each queue's slot is on another master
+               (the same app runs the standalone figure it is compared with)
 
 The no-op tasks keep their timing in process memory, not in Redis: the time the
 first one started, the time the last one ended and how many ran. When the
@@ -38,6 +41,10 @@ async_app = App("bench-async", queue="bench-async")
 group_app = App("bench-groups", queue="bench-groups")
 lat_app = App("bench-lat", queue="bench-lat")
 rss_app = App("bench-rss", queue="bench-rss")
+multi_app = App("bench-multi", queue="bench-c0")
+# slots 4282, 12536 and 8409: one in each third of the slots, which is how
+# `redis-cli --cluster create` shares them among three masters
+MULTI_QUEUES = ("bench-c0", "bench-c2", "bench-c3")
 
 _first = 0.0
 _last = 0.0
@@ -96,3 +103,21 @@ def lat(t: float, key: str) -> None:
 @rss_app.task
 def rnoop(i: int = 0) -> None:
     pass
+
+
+@multi_app.task(queue=MULTI_QUEUES[0])
+def cnoop0(i: int = 0) -> None:
+    _ran()
+
+
+@multi_app.task(queue=MULTI_QUEUES[1])
+def cnoop2(i: int = 0) -> None:
+    _ran()
+
+
+@multi_app.task(queue=MULTI_QUEUES[2])
+def cnoop3(i: int = 0) -> None:
+    _ran()
+
+
+MULTI_TASKS = (cnoop0, cnoop2, cnoop3)

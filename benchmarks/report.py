@@ -60,6 +60,9 @@ def rows(s: Settings) -> list[Row]:
         Row("process_groups", "process/s, 1,000 groups of limit 1", _rate),
         Row("groups_share", "groups ÷ ungrouped process/s", _times,
             "≥ 0.50×", lambda o, r: o >= 0.5, has_ratio=False),
+        Row("process_multi", "process/s, 3 queues, standalone", _rate, has_ratio=False),
+        Row("process_cluster", "process/s, 3 queues over 3 cluster masters", _rate, has_ratio=False),
+        Row("cluster_share", "cluster ÷ standalone process/s, 3 queues", _times, has_ratio=False),
         Row("latency_p50", "latency p50, publish to start (ms)", _ms,
             "≤ 2 ms", lambda o, r: o <= 2),
         Row("latency_p99", "latency p99, publish to start (ms)", _ms,
@@ -82,7 +85,9 @@ def table(suite: Suite) -> list[list[str]]:
         fig: Figure = suite.figures.get(row.key, Figure(error="not measured"))
         ours, peer = fig.ours_value, fig.peer_value
         ratio = ours / peer if ours is not None and peer and row.has_ratio else None
-        if fig.error and ours is None:
+        if row.key not in suite.figures:  # left out by --only
+            cells = ["not measured", "—", "—", row.target, "—"]
+        elif fig.error and ours is None:
             cells = ["ERROR", row.fmt(peer) if peer is not None else "—", "—", row.target, "—"]
         else:
             met = "—"
@@ -153,7 +158,7 @@ def markdown(suite: Suite, cells: list[list[str]], started: datetime.datetime, e
         f"- counts: publish {s.publish_jobs:,} single / {s.bulk_jobs:,} bulk; process {s.jobs:,} jobs "
         f"(peer {s.peer_jobs:,}), {s.repeat} repetition(s); latency {s.latency_rate:g} jobs/s for "
         f"{s.latency_s:g} s; idle CPU over {s.idle_s:g} s; {s.foreign_jobs} foreign job(s); "
-        f"RSS over {s.rss_jobs:,} jobs",
+        f"RSS over {s.rss_jobs:,} jobs; cluster rows {s.cluster_jobs:,} jobs over 3 queues",
         f"- run time: {elapsed:.0f} s" + (" (smoke run: tiny counts, figures are not meaningful)" if s.smoke else ""),
         "",
         render_markdown(cells),

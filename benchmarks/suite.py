@@ -25,6 +25,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = ROOT / "tests"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The measure groups, in the order a run takes them (``--only`` picks some).
+MEASURES = ("publish", "processing", "cluster", "latency", "rss")
 
 
 # -- settings --------------------------------------------------------------------------
@@ -45,13 +47,15 @@ class Settings:
     rss_backlog: int = 10_000      # ... while fewer than this are waiting
     pin: str = "same"
     settle_s: float = 0.5          # pause before idle measurements and before stopping a worker
+    cluster_jobs: int = 30_000     # 3 queues, standalone and a 3-master cluster
+    only: tuple[str, ...] = ()     # measure groups to run (empty: all of MEASURES)
     smoke: bool = False
 
     @classmethod
     def smoke_settings(cls) -> Settings:
         return cls(publish_jobs=200, bulk_jobs=1000, jobs=400, peer_jobs=100, repeat=1,
                    latency_s=0.5, idle_s=0.5, foreign_jobs=1, rss_jobs=2000, rss_chunk=500,
-                   rss_backlog=1000, settle_s=0.2, smoke=True)
+                   rss_backlog=1000, settle_s=0.2, cluster_jobs=300, smoke=True)
 
     @property
     def rss_sample_at(self) -> int:
@@ -169,6 +173,8 @@ class Suite:
         self.bench_app = bench_app
         self.redis = redis.Redis(port=self.port)
         self.low = OmniqClient(self.url)
+        self.cluster: Any = None  # started by measure_cluster
+        self.cluster_client: Any = None
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
@@ -196,8 +202,12 @@ class Suite:
         try:
             self.low.close()
             self.redis.close()
+            if self.cluster_client is not None:
+                self.cluster_client.close()
         finally:
             self.server.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def flush(self) -> None:
@@ -367,20 +377,29 @@ class Suite:
         else:
             app.noop.map(range(n))
             cmd, queue = self.worker_cmd("app", "--drain"), "bench-noop"
+        from omniq_tasks.protocol import keys
+        return self._drained_rate(kind, cmd, n, lambda: self.redis.zcard(keys.idx_key(queue, "wait"))
+                                  + self.redis.zcard(keys.lane_key(queue, "active")))
+
+    def _drained_rate(self, kind: str, cmd: list[str], n: int, left: Callable[[], int],
+                      extra_env: dict[str, str] | None = None) -> float:
+        """Run a ``--drain`` worker on n pre-published jobs; rate from the tasks' own clocks.
+
+        ``left`` counts the jobs still waiting or running afterwards (must be 0).
+        """
         times_dir = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"times-{kind}-"))
         log_name = f"worker-{kind}.log"
         started = time.perf_counter()
-        proc = self.spawn(cmd, log_name, {"BENCH_TIMES_DIR": str(times_dir)})
+        proc = self.spawn(cmd, log_name, {"BENCH_TIMES_DIR": str(times_dir), **(extra_env or {})})
         rc = self.wait(proc, 30 + n / 100, f"worker ({kind})", log_name)
         wall = time.perf_counter() - started
         if rc != 0:
             raise BenchError(f"worker ({kind}) exited with {rc}; log: {self.log_tail(log_name)}")
         records = [json.loads(Path(p).read_text()) for p in glob.glob(str(times_dir / "times-*.json"))]
         count = sum(r["count"] for r in records)
-        from omniq_tasks.protocol import keys
-        left = self.redis.zcard(keys.idx_key(queue, "wait")) + self.redis.zcard(keys.lane_key(queue, "active"))
-        if count != n or left:
-            raise BenchError(f"worker ({kind}) ran {count} of {n} jobs and left {left} in the queue "
+        remaining = left()
+        if count != n or remaining:
+            raise BenchError(f"worker ({kind}) ran {count} of {n} jobs and left {remaining} in the queue "
                              f"(exit {rc}); log: {self.log_tail(log_name)}")
         first = min(r["first"] for r in records)
         last = max(r["last"] for r in records)
@@ -620,11 +639,74 @@ class Suite:
                             f"count is read between publishes)")
         log(f"RSS: {rss_first:.1f} MB at job {first_at:,}, {rss_end:.1f} MB at job {total:,}")
 
+    # -- Redis Cluster: one worker on 3 queues over 3 masters, against the same on standalone ----
+
+    def _start_cluster(self) -> None:
+        """A 3-master cluster, its nodes placed as redis-server is (all on one CPU with ``same``)."""
+        from redis.cluster import RedisCluster
+
+        from omniq_tasks import OmniqClient
+        from redis_server import RedisClusterNodes
+
+        original = os.sched_getaffinity(0)
+        if self.placement.redis_cpus:
+            os.sched_setaffinity(0, self.placement.redis_cpus)
+        try:
+            self.cluster = RedisClusterNodes()
+        finally:
+            os.sched_setaffinity(0, self.placement.python_cpus or original)
+        self.cluster_client = OmniqClient(self.cluster.cluster_url)
+        assert isinstance(self.cluster_client.redis, RedisCluster)
+        masters = {self.cluster.node_of("{" + q + "}:meta") for q in self.bench_app.MULTI_QUEUES}
+        if len(masters) != 3:
+            raise BenchError(f"the 3 queues are on {len(masters)} master(s) of the cluster, not 3")
+
+    def process_three_queues(self, on_cluster: bool, n: int) -> float:
+        """n no-op jobs over 3 queues, one default CLI worker with --drain on all three."""
+        from omniq_tasks.protocol import keys
+        from redis.cluster import RedisCluster
+
+        client = self.cluster_client if on_cluster else self.low
+        if isinstance(client.redis, RedisCluster):
+            client.redis.flushall(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            self.flush()
+        per_queue = n // 3
+        for task in self.bench_app.MULTI_TASKS:
+            client.enqueue_many(task.queue, [task.encode_call((i,), {}) for i in range(per_queue)], wake_cap=0)
+
+        def left() -> int:
+            return sum(int(client.redis.zcard(keys.idx_key(q, "wait"))) + int(client.redis.zcard(keys.lane_key(q, "active")))
+                       for q in self.bench_app.MULTI_QUEUES)
+
+        kind = "3 queues, cluster" if on_cluster else "3 queues, standalone"
+        env = {"OMNIQ_TASKS_REDIS_URL": self.cluster.cluster_url} if on_cluster else None
+        return self._drained_rate(kind, self.worker_cmd("multi_app", "--drain"), per_queue * 3, left, env)
+
+    def measure_cluster(self) -> None:
+        s = self.s
+        self.attempt(["process_multi", "process_cluster", "cluster_share"], self._start_cluster)
+        if self.cluster_client is None:
+            return
+        for rep in range(s.repeat):
+            self.rep = rep + 1
+            self.attempt(["process_multi"], lambda: self._record(
+                "process_multi", ours=self.process_three_queues(False, s.cluster_jobs)))
+            self.attempt(["process_cluster"], lambda: self._record(
+                "process_cluster", ours=self.process_three_queues(True, s.cluster_jobs)))
+            log(f"cluster rep {rep + 1}/{s.repeat}: 3 queues standalone {self._last('process_multi', 'ours')}, "
+                f"cluster {self._last('process_cluster', 'ours')}")
+        standalone, cluster = self.figure("process_multi"), self.figure("process_cluster")
+        share = self.figure("cluster_share")
+        if standalone.ours_value and cluster.ours_value:
+            share.ours = [cluster.ours_value / standalone.ours_value]
+        else:
+            share.error = cluster.error or standalone.error or "no figures"
+
     # -- all ---------------------------------------------------------------------------------
 
     def run(self) -> None:
         log(f"redis-server {self.redis_version} on port {self.port}; placement {self.placement.describe()}")
-        self.measure_publish()
-        self.measure_processing()
-        self.measure_latency()
-        self.measure_rss()
+        for name in MEASURES:
+            if not self.s.only or name in self.s.only:
+                getattr(self, f"measure_{name}")()
