@@ -185,27 +185,25 @@ def _check_master(proxy: Any, conn: Any) -> None:
 
     A master demoted by a failover keeps answering (and accepting writes, lost later)
     until the Sentinels reconfigure it, up to ~10 s later; redis-py only asks the
-    Sentinels when it opens a connection. So a used connection asks once a second
-    (one check per pool at a time; the others go on) and moves before sending.
+    Sentinels when it opens a connection. So the pool asks again at most once a
+    second (on the thread that sends then; the others go on), and every connection
+    compares its address with the last answer before it sends.
     """
     now = time.monotonic()
-    if now < getattr(proxy, "omniq_next_check", 0.0):
-        return
-    lock = proxy.__dict__.setdefault("omniq_check_lock", threading.Lock())
-    if not lock.acquire(blocking=False):
-        return
-    try:
-        proxy.omniq_next_check = now + MASTER_CHECK_S
-        try:
-            address = proxy.get_master_address()  # also closes the pool's idle connections on a change
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-            proxy.omniq_next_check = time.monotonic() + MASTER_CHECK_BACKOFF_S
-            log.warning("cannot ask the Sentinels where master %s is (%s); asking again in %.0f s",
-                        proxy.service_name, exc, MASTER_CHECK_BACKOFF_S)
-            return
-    finally:
-        lock.release()
-    if address != (conn.host, conn.port):
+    if now >= getattr(proxy, "omniq_next_check", 0.0):
+        lock = proxy.__dict__.setdefault("omniq_check_lock", threading.Lock())
+        if lock.acquire(blocking=False):
+            try:
+                proxy.omniq_next_check = now + MASTER_CHECK_S
+                proxy.get_master_address()  # sets proxy.master_address; closes idle connections on a change
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                proxy.omniq_next_check = time.monotonic() + MASTER_CHECK_BACKOFF_S
+                log.warning("cannot ask the Sentinels where master %s is (%s); asking again in %.0f s",
+                            proxy.service_name, exc, MASTER_CHECK_BACKOFF_S)
+            finally:
+                lock.release()
+    address = proxy.master_address
+    if address is not None and address != (conn.host, conn.port):
         log.warning("master %s moved from %s:%s to %s:%s: reconnecting",
                     proxy.service_name, conn.host, conn.port, *address)
         conn.disconnect()
