@@ -101,6 +101,19 @@ def redis_server_binary() -> str:
     return path
 
 
+def stop_server_process(process: subprocess.Popen[bytes], directory: Path, *, keep_dir: bool = False) -> None:
+    """SIGTERM a server we started (SIGKILL after 10 s), then remove its dir unless ``keep_dir``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if not keep_dir:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class RedisServer:
     """One redis-server on a free port in its own temp dir, nothing persisted.
 
@@ -188,15 +201,7 @@ class RedisServer:
         self._wait_ready()
 
     def stop(self, keep_dir: bool = False) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if not keep_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        stop_server_process(self.process, self.dir, keep_dir=keep_dir)
 
 
 class RedisClusterNodes:

@@ -12,7 +12,6 @@ the processes started here are ever stopped or killed (``stop()``).
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from typing import Callable, TypeVar
 
 import redis
 
+from omniq_tasks.testing import stop_server_process
 from redis_server import RedisServer, free_port, redis_server_binary
 
 MASTER_NAME = "mymaster"
@@ -91,15 +91,7 @@ class SentinelProcess:
             return state
 
     def stop(self, keep_dir: bool = False) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if not keep_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        stop_server_process(self.process, self.dir, keep_dir=keep_dir)
 
 
 class SentinelGroup:

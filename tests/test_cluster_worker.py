@@ -10,7 +10,6 @@ processes are always killed at teardown; every wait is bounded.
 from __future__ import annotations
 
 import importlib
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from redis.cluster import RedisCluster
 from helpers_state import assert_invariants
 from omniq_tasks.errors import OmniqConnectionError
 from omniq_tasks.results import JobStatus
+from cli_worker import CliWorker, wait_for
 from redis_server import RedisClusterNodes
 
 pytestmark = pytest.mark.cluster
@@ -103,38 +103,12 @@ def published(module: ModuleType, redis_cluster: RedisClusterNodes,
     app.close()
 
 
-class ClusterWorker:
+class ClusterWorker(CliWorker):
     """``python -m omniq_tasks worker cluster_app:app -Q <queues> ...`` in its own process group."""
 
     def __init__(self, cwd: Path, url: str, queues: list[str], args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        env = {**os.environ, "OMNIQ_TASKS_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omniq_tasks", "worker", "cluster_app:app", "-Q", ",".join(queues), *args],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 20) -> ClusterWorker:
-        wait_for(lambda: "worker for app cw" in self.log() or self.proc.poll() is not None, timeout, self)
-        assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
-        return self
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker did not exit within {timeout} s:\n{self.log()[-4000:]}") from None
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        self._log.close()
+        super().__init__(cwd, url, "cluster_app:app", ["-Q", ",".join(queues), *args], log_path,
+                         ready_text="worker for app cw")
 
 
 @pytest.fixture()
@@ -149,19 +123,6 @@ def start_worker(app_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Cluste
     yield start
     for worker in started:
         worker.kill()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, worker: ClusterWorker | None = None,
-             what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = worker.log()[-4000:] if worker else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\nworker log:\n{log}")
-        time.sleep(0.02)
 
 
 def masters_of(cluster: RedisClusterNodes, queues: list[str]) -> dict[str, int]:

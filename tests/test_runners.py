@@ -16,8 +16,6 @@ import logging
 import os
 import queue as queue_mod
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,6 +31,7 @@ from omniq_tasks.envelope import build_envelope
 from omniq_tasks.outcome import Outcome
 from omniq_tasks.worker.process_pool import ProcessRunner
 from omniq_tasks.worker.runners import ThreadRunner
+from cli_worker import CliWorker
 from redis_server import RedisServer
 from runner_apps import poison
 
@@ -356,32 +355,13 @@ def test_process_pool_whose_children_cannot_start_backs_off_and_logs_once(
 # -- end to end: the CLI worker on the test Redis -----------------------------------------------
 
 
-class Worker:
-    """``python -m omniq_tasks worker runner_apps.poison:app ...`` in its own process group."""
+class Worker(CliWorker):
+    """``python -m omniq_tasks worker runner_apps.poison:app ...`` in its own process group, started."""
 
     def __init__(self, redis_url: str, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        env = {**os.environ, "OMNIQ_TASKS_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omniq_tasks", "worker", APP_PATH, "--poll-interval", "0.2", *args],
-            cwd=TESTS_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while "worker for app runners" not in self.log():
-            assert self.proc.poll() is None and time.monotonic() < deadline, f"worker did not start:\n{self.log()}"
-            time.sleep(0.02)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        self._log.close()
+        super().__init__(TESTS_DIR, redis_url, APP_PATH, ["--poll-interval", "0.2", *args], log_path,
+                         ready_text="worker for app runners", pythonpath=[str(TESTS_DIR)])
+        self.wait_ready(15)
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import redis
 
 from omniq_tasks import OmniqClient
 from omniq_tasks.arguments import TaskArgumentError
+from cli_worker import CliWorker, wait_for
 from redis_server import RedisServer
 
 TASKS_APP = r'''
@@ -190,48 +190,12 @@ def tasks(app_dir: Path, r: redis.Redis) -> ModuleType:
     return importlib.import_module("tasks_app")
 
 
-class WorkerProcess:
+class WorkerProcess(CliWorker):
     """``python -m omniq_tasks worker tasks_app:app ...`` in its own process group."""
 
     def __init__(self, cwd: Path, redis_url: str, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        env = {**os.environ, "OMNIQ_TASKS_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omniq_tasks", "worker", "tasks_app:app",
-             "--poll-interval", "0.2", *args],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 15) -> WorkerProcess:
-        wait_for(lambda: "worker for app e2e" in self.log() or self.proc.poll() is not None,
-                 timeout, self)
-        assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
-        return self
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker did not exit within {timeout} s:\n{self.log()}") from None
-
-    def kill(self) -> None:
-        """SIGKILL the worker and whatever it started (its process group)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+        super().__init__(cwd, redis_url, "tasks_app:app", ["--poll-interval", "0.2", *args], log_path,
+                         ready_text="worker for app e2e")
 
 
 @pytest.fixture()
@@ -247,19 +211,6 @@ def start_worker(app_dir: Path, redis_server: RedisServer, r: redis.Redis,
     yield start
     for worker in started:
         worker.kill()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, worker: WorkerProcess | None = None,
-             what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = worker.log()[-4000:] if worker else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\nworker log:\n{log}")
-        time.sleep(0.02)
 
 
 def records(r: redis.Redis, name: str) -> list[dict[str, Any]]:
