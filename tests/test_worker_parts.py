@@ -173,6 +173,38 @@ def test_a_round_trip_that_fails_is_resent_unchanged_and_leases_nothing_twice(ap
     assert_invariants(r, Q)
 
 
+def test_leases_date_from_the_first_send_of_their_round_trip(app: App, r: redis.Redis) -> None:
+    """A lease may begin as soon as its reserve call is sent: jobs keep that time as
+    ``received_at``, also when the reply is read late or comes from a resend, so a worker
+    frozen with the reply unread does not start a job whose lease has ended."""
+
+    @app.task
+    def work(n: int) -> None: ...
+
+    work.map(range(3))
+    clock = Clock(1000.0)
+    worker = Worker(app, clock=clock, runner=HeldRunner, concurrency=3)
+    scripts = worker.client.scripts
+    real = scripts.call_many
+    calls = [0]
+
+    def reply_lost_once(batch: Any) -> Any:
+        calls[0] += 1
+        replies = real(batch)
+        if calls[0] == 2:  # the first exchange (after maintenance): Redis ran it, the reply is lost
+            raise redis.ConnectionError("reply lost")
+        return replies
+
+    scripts.call_many = reply_lost_once  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        worker.step()
+    clock.now += 3.0  # the resend goes 3 s later
+    assert worker.step() == 3
+    assert {job.received_at for job in worker.runner.held} == {1000.0}  # type: ignore[attr-defined]
+    worker.runner.finish()  # type: ignore[attr-defined]
+    worker.step()
+
+
 def test_drain_inline_runs_everything_and_exits(app: App, r: redis.Redis) -> None:
     ran: list[int] = []
 

@@ -128,8 +128,14 @@ class CorruptLease(msgspec.Struct, frozen=True):
     problem: str
 
 
-def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[CorruptLease]] | QueuePaused:
-    """The jobs in a reserve_batch reply, and those whose fields are corrupt; see lua_src/reserve_batch.lua."""
+def parse_leases(queue: str, reply: Any, sent_at: float | None = None
+                 ) -> tuple[list[ReservedJob], list[CorruptLease]] | QueuePaused:
+    """The jobs in a reserve_batch reply, and those whose fields are corrupt; see lua_src/reserve_batch.lua.
+
+    ``sent_at`` (time.monotonic()) is when the call went out, which each job keeps as
+    ``received_at``: a reply read late (the process was frozen with it in the socket)
+    must not look fresh.
+    """
     status = _text(reply[0])
     if status == "PAUSED":
         return QueuePaused(queue)
@@ -137,7 +143,7 @@ def parse_leases(queue: str, reply: Any) -> tuple[list[ReservedJob], list[Corrup
     corrupt: list[CorruptLease] = []
     if status != "JOBS":
         return jobs, corrupt
-    received = time.monotonic()
+    received = time.monotonic() if sent_at is None else sent_at
     for i in range(1, len(reply) - 2, 3):
         job_id, payload = _text(reply[i]), _text(reply[i + 1])
         lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)

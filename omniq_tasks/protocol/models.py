@@ -28,8 +28,9 @@ class ReservedJob(msgspec.Struct, frozen=True):
     lease_token: str
     timeout_ms: int = 0  # the lease length; 0 when the reply did not say (protocol reserve)
     status: Literal["JOB"] = "JOB"
-    # When the lease reached this process (time.monotonic()); 0 when unknown. A body
-    # that could not start within one lease of it (a frozen worker) must not start.
+    # When the call that leased it was sent (time.monotonic(); the lease began no
+    # earlier); 0 when unknown. A body that could not start within one lease of it (a
+    # frozen worker, even one frozen with the reply unread) must not start.
     received_at: float = 0.0
 
 

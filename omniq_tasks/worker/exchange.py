@@ -37,7 +37,7 @@ class Exchange:
     Built once and kept until Redis answered it: a failed send is repeated as it is.
     """
 
-    __slots__ = ("calls", "handlers", "settles", "unacked", "reserve", "then")
+    __slots__ = ("calls", "handlers", "settles", "unacked", "reserve", "then", "first_sent")
 
     def __init__(self) -> None:
         self.calls: list[ScriptCall] = []
@@ -46,6 +46,8 @@ class Exchange:
         self.unacked: list[Finished] = []  # settled without an ack: their lease had ended
         self.reserve: str | None = None  # queue of the last call, a reserve_batch
         self.then: list[str] = []      # queues to lease from next, while slots stay free
+        # When it was first sent (monotonic): a resend's leases may date from then.
+        self.first_sent: float | None = None
 
 
 class Exchanger:
@@ -133,6 +135,8 @@ class Exchanger:
         """Send the pending round trip; on success settle it and return the jobs started."""
         ex = self.pending
         assert ex is not None
+        if ex.first_sent is None:
+            ex.first_sent = now
         replies = self.client.scripts.call_many(ex.calls)  # raises (kept pending) if Redis is unreachable
         self.pending = None
         for job_id in ex.settles:
@@ -145,7 +149,7 @@ class Exchanger:
                 self.hooks.run_after_ack(job, outcome, _LATE)
         if ex.reserve is None:
             return 0
-        started = self._lease(ex.reserve, replies[-1], now)
+        started = self._lease(ex.reserve, replies[-1], now, ex.first_sent)
         free = min(self.concurrency - len(self.leases), MAX_CALL_JOBS)
         if ex.then and free > 0:  # later queues only get what the earlier ones left
             nxt = Exchange()
@@ -155,14 +159,14 @@ class Exchanger:
             started += self._send(now)
         return started
 
-    def _lease(self, queue: str, reply: Any, now: float) -> int:
+    def _lease(self, queue: str, reply: Any, now: float, sent_at: float) -> int:
         if isinstance(reply, Exception):
             self.troubles.start("reserve", f"leasing jobs from queue {queue} failed (retrying in "
                                            f"{self.paused_backoff_s:.1f} s): {reply}")
             self.paused_until[queue] = now + self.paused_backoff_s
             return 0
         self.troubles.over("reserve")
-        parsed = parse_leases(queue, reply)
+        parsed = parse_leases(queue, reply, sent_at=sent_at)
         if isinstance(parsed, QueuePaused):
             self.paused_until[queue] = now + self.paused_backoff_s
             return 0
