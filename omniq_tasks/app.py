@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar, overload
 
 import redis as redis_lib
 from redis.cluster import RedisCluster
-from typing_extensions import Concatenate, ParamSpec
+from typing_extensions import Concatenate, ParamSpec, Unpack
 
 from . import defaults
 from .defaults import check_int
@@ -19,6 +19,7 @@ from .protocol.connection import RedisClient, describe_redis
 from .context import JobContext
 from .protocol.keys import validate_queue
 from .middleware import Middleware
+from .policy import LifeOptions, Policy
 from .registry import Registry
 from .task import GidRule, Task
 from .protocol.urls import redact_url
@@ -62,6 +63,7 @@ class App:
         wake_cap: int = defaults.WAKE_CAP,
         middleware: Sequence[Middleware] = (),
         redis: RedisClient | None = None,
+        **life: Unpack[LifeOptions],
     ) -> None:
         self.name = name
         if redis is not None and not isinstance(redis, (redis_lib.Redis, RedisCluster)):
@@ -78,6 +80,8 @@ class App:
         self.max_payload_bytes = check_int("max_payload_bytes", max_payload_bytes, 2)
         self.cluster = cluster
         self.wake_cap = check_int("wake_cap", wake_cap, 0)
+        # Retries, time limits, expiry, results, callbacks: every task's defaults.
+        self.policy = Policy().merged(**life)
         self.registry = Registry()
         self.middleware: list[Middleware] = []  # hooks around each job's life, in order
         for mw in middleware:
@@ -133,6 +137,7 @@ class App:
         timeout_ms: int | None = None,
         backoff_ms: int | None = None,
         raw: bool = False,
+        **life: Unpack[LifeOptions],
     ) -> TaskDecorator: ...
 
     def task(
@@ -148,6 +153,7 @@ class App:
         timeout_ms: int | None = None,
         backoff_ms: int | None = None,
         raw: bool = False,
+        **life: Unpack[LifeOptions],
     ) -> Any:
         """Register a function as a task; usable bare (``@app.task``) or with options.
 
@@ -173,6 +179,7 @@ class App:
                 timeout_ms=self.timeout_ms if timeout_ms is None else check_int("timeout_ms", timeout_ms, 1),
                 backoff_ms=self.backoff_ms if backoff_ms is None else check_int("backoff_ms", backoff_ms, 0),
                 raw=raw,
+                policy=self.policy.merged(**life),
             )
             self.registry.add(task)
             return task

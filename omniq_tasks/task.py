@@ -18,6 +18,7 @@ from .envelope import build_envelope
 from .protocol.ids import new_job_id, new_job_ids
 from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
+from .policy import Policy
 from .results import JobHandle
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class Task(Generic[P, R]):
         timeout_ms: int,
         backoff_ms: int,
         raw: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -109,6 +111,8 @@ class Task(Generic[P, R]):
         self.timeout_ms = timeout_ms
         self.backoff_ms = backoff_ms
         self.raw = raw
+        # Retries, time limits, expiry, results, callbacks (omniq_tasks.policy).
+        self.policy = policy if policy is not None else app.policy
         self.is_async = inspect.iscoroutinefunction(fn)
         self.codec = ArgumentCodec(fn, name)
         if raw and len(self.codec.params) != 1:
