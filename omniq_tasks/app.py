@@ -21,6 +21,7 @@ from .protocol.keys import validate_queue
 from .middleware import Middleware
 from .policy import LifeOptions, Policy
 from .registry import Registry
+from .results import JobHandle
 from .task import GidRule, Task
 from .protocol.urls import redact_url
 
@@ -109,6 +110,19 @@ class App:
                         self._redis if self._redis is not None else self.redis_url,
                         cluster=self.cluster, max_payload_bytes=self.max_payload_bytes)
         return self._client
+
+    def handle(self, queue: str, job_id: str, task: Task[Any, Any] | str | None = None) -> JobHandle:
+        """A handle on a job published earlier (by id), e.g. in another process.
+
+        With ``task`` (a Task, or a registered task's name) ``get()`` decodes the
+        result to its return annotation; without it, to plain JSON values.
+        """
+        if isinstance(task, str):
+            found = self.registry.get(task)
+            if found is None:
+                raise ValueError(f"no task named {task!r} is registered in {self.name}")
+            task = found
+        return JobHandle(self.client, validate_queue(queue), job_id, task=task)
 
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""

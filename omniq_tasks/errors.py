@@ -229,3 +229,50 @@ def protocol_error(reason: str, detail: str = "", *, queue: str = "", job_id: st
     if cls is None:
         return ProtocolError(reason, detail, queue=queue, job_id=job_id)
     return cls(None, detail, queue=queue, job_id=job_id)
+
+
+class TaskFailed(OmniqError):
+    """Raised by ``handle.get()`` when the job failed for good.
+
+    ``.error`` is the failure's text (the job's ``last_error``), read into
+    ``.error_type`` (the remote exception's name; "" when the failure was not an
+    exception, e.g. an expired lease), ``.message`` and ``.traceback`` (its last
+    frames, "" if none). ``.job_id``, ``.queue`` and ``.task`` (its name, "" when
+    the handle does not know it) name the job.
+    """
+
+    def __init__(self, job_id: str, queue: str, task: str, error: str) -> None:
+        self.job_id = job_id
+        self.queue = queue
+        self.task = task
+        self.error = error
+        self.error_type, self.message, self.traceback = _read_error(error)
+        head = f"{self.error_type}: {self.message}" if self.error_type else self.message
+        super().__init__(f"task {task or '?'} job={job_id} queue={queue} failed: {head}")
+
+
+def _read_error(text: str) -> tuple[str, str, str]:
+    """(type, message, traceback) of a ``last_error``: ``Type: message``, then the frames
+    (lines from the first ``  File ...``); a text naming no exception type is all message."""
+    lines = text.split("\n")
+    cut = next((n for n, line in enumerate(lines) if line.startswith("  File ")), len(lines))
+    head = "\n".join(lines[:cut]).rstrip("\n")
+    name, sep, message = head.partition(": ")
+    if not sep or not name or not all(part.isidentifier() for part in name.split(".")):
+        return "", head, "\n".join(lines[cut:]).rstrip("\n")
+    return name, message, "\n".join(lines[cut:]).rstrip("\n")
+
+
+class ResultTimeoutError(OmniqError, TimeoutError):
+    """Raised by ``handle.get(timeout=...)`` when the job has not finished in time
+    (also the builtin TimeoutError; not a connection problem)."""
+
+
+class ResultMissingError(OmniqError, LookupError):
+    """Raised by ``handle.get()`` when neither the job nor a stored result exists
+    (removed, trimmed from the completed lane without a result, expired, or forgotten)."""
+
+
+class ResultTooLargeError(OmniqError, ValueError):
+    """Raised by ``handle.get()`` when the task's return value was larger than the
+    payload limit, so the worker stored this mark instead of the value."""

@@ -194,7 +194,7 @@ class Task(Generic[P, R]):
             run_before_publish(self.app, self, spec)
         client = self.app.client
         published = client.publish_spec(queue, spec, wake_cap=self.app.wake_cap)
-        return JobHandle(client, queue, published.job_id, published.existed)
+        return JobHandle(client, queue, published.job_id, published.existed, task=self)
 
     def _own_spec(self, job_id: str, payload: bytes, gid: str | None) -> JobSpec:
         """A JobSpec with our own fresh id and the task's own options (checked when it was defined)."""
@@ -229,7 +229,7 @@ class Task(Generic[P, R]):
                 run_before_publish(self.app, self, spec)
         client = self.app.client
         published = client.enqueue_many(target, specs, wake_cap=self.app.wake_cap)
-        return [JobHandle(client, target, p.job_id, p.existed) for p in published]
+        return [JobHandle(client, target, p.job_id, p.existed, task=self) for p in published]
 
     def encode_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, due_ms: int = 0, **options: Unpack[CallOptions],

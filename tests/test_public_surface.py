@@ -73,7 +73,7 @@ def test_handle_status_is_a_job_status(redis_server) -> None:
     handle = noop.apply_async((1,), countdown=60)
     assert handle.status() is JobStatus.DELAYED
     app.client.remove_job("surface", handle.id, "delayed")
-    assert handle.status() is None
+    assert handle.status() is JobStatus.UNKNOWN  # gone, with no stored result
     app.close()
 
 

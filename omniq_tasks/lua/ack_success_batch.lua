@@ -2,10 +2,14 @@
 -- KEYS[1]  anchor "{Q}:meta"
 -- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token,
 --          [replay channel, sequence (see include/replay.lua): the same pair again
---          gets the first answer]
+--          gets the first answer (nothing is written twice)],
+--          [results (extension, see include/results.lua): a count, then per result
+--          position (1-based), ttl_ms, payload: stored in "{Q}:result:<id>" with PX
+--          ttl_ms when that lease is acked; none sent = nothing stored]
 -- Reply    {acked count, then position (1-based), reason for each lease NOT acked
 --          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
--- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
+-- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"} (also for a bad
+--          results section: nothing acked)
 -- Generated from lua_src/ack_success_batch.lua by tools/build_lua.py: edit the source, not this file.
 
 -- base: reading numbers, the clock and the queue base from the anchor.
@@ -290,6 +294,48 @@ local function replay_put(chan, seq, answer)
     redis.call("SET", replay_key(chan), cmsgpack.pack({seq, answer}), "PX", REPLAY_TTL_MS)
   end
 end
+-- results (omniq-tasks extension): return values stored by ack_success_batch,
+-- and the wake-up of callers waiting in handle.get().
+--   {Q}:result:<id>   STRING the return value as JSON (or a "!" marker), PX = its TTL
+--   {Q}:watching      ZSET   ids someone waits on, score = until when (ms)
+--   {Q}:done:<id>     LIST   a wake-up token for the waiters of <id> (short TTL)
+-- Nobody waiting (the usual case) costs one EXISTS per call, not per job.
+local NOTIFY_TTL_MS = 60000
+
+local function result_key(job_id) return base .. ":result:" .. job_id end
+
+-- The results section after the replay tag: a count, then per result its lease's
+-- position (1-based), TTL in ms and payload. Returns position -> {ttl, payload},
+-- or nil when the section is malformed.
+local function read_results(first, count)
+  local n = to_int(ARGV[first])
+  local out = {}
+  if n <= 0 then return out end
+  if #ARGV < first + 3 * n then return nil end
+  for r = 0, n - 1 do
+    local pos = to_int(ARGV[first + 1 + 3 * r])
+    local ttl = to_int(ARGV[first + 2 + 3 * r])
+    if pos < 1 or pos > count or ttl <= 0 then return nil end
+    out[pos] = {ttl, ARGV[first + 3 + 3 * r]}
+  end
+  return out
+end
+
+-- Wake the waiters of the ids in done (acked now), if any are watched.
+local function notify_done(done, now)
+  if #done == 0 then return end
+  local k_watching = base .. ":watching"
+  if redis.call("EXISTS", k_watching) == 0 then return end
+  redis.call("ZREMRANGEBYSCORE", k_watching, "-inf", "(" .. now)  -- waiters long gone
+  for _, job_id in ipairs(done) do
+    if redis.call("ZSCORE", k_watching, job_id) then
+      redis.call("ZREM", k_watching, job_id)
+      local k_done = base .. ":done:" .. job_id
+      redis.call("RPUSH", k_done, "1")
+      redis.call("PEXPIRE", k_done, NOTIFY_TTL_MS)
+    end
+  end
+end
 
 local MAX_ACKS = 1000
 local now = now_or_server(ARGV[1])
@@ -300,6 +346,12 @@ if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
 local chan, seq = ARGV[3 + 2 * count], ARGV[4 + 2 * count]
 local saved = replay_get(chan, seq)
 if saved then return saved end
+local results = {}
+if #ARGV > 4 + 2 * count then
+  results = read_results(5 + 2 * count, count)
+  if not results then return {"ERR", "BAD_ARGS"} end
+end
+local done = {}
 
 local out = {0}
 for i = 1, count do
@@ -313,8 +365,12 @@ for i = 1, count do
     left_active(job_id, gid, now)
     enter_completed(job_id, now, true)
     out[1] = out[1] + 1
+    local r = results[i]
+    if r then redis.call("SET", result_key(job_id), r[2], "PX", r[1]) end
+    done[#done + 1] = job_id
   end
 end
 if out[1] > 0 then stat_times(now, "last_finish_ms") end
+notify_done(done, now)
 replay_put(chan, seq, out)
 return out

@@ -171,6 +171,19 @@ def _lease_args(now_ms: int, leases: Sequence[tuple[str, str]]) -> list[Any]:
     return args
 
 
+# A return value to store with an ack: (position of its lease, ttl_ms, payload).
+StoredResult = tuple[int, int, bytes]
+
+
+class ResultState(msgspec.Struct, frozen=True):
+    """What ``handle.get()`` reads in one round trip: the stored result (None: no such
+    key), and the job hash's state and last_error ("" when the hash is gone)."""
+
+    result: bytes | None
+    state: str
+    last_error: str
+
+
 def parse_ack_batch(reply: Any) -> dict[int, str]:
     """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
     return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
@@ -250,6 +263,10 @@ def job_spec(
         gid=keys.validate_gid(gid) if gid is not None else "",
         group_limit=check_int("group_limit", group_limit, 0),
     )
+
+
+# The TTL of a {Q}:done:<id> list a waiter pushes back (the ack script uses the same).
+_DONE_TTL_MS = 60_000
 
 
 class OmniqClient:
@@ -474,13 +491,18 @@ class OmniqClient:
         return jobs
 
     def ack_success_batch(
-        self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0
+        self, queue: str, leases: Sequence[tuple[str, str]], *, now_ms: int = 0,
+        results: Sequence[StoredResult] = (),
     ) -> list[BatchItem]:
-        """ack_success for many (job_id, lease_token) pairs, one script call per 1000."""
+        """ack_success for many (job_id, lease_token) pairs, one script call per 1000.
+
+        ``results``: (position in ``leases``, ttl_ms, payload) to store for acked leases.
+        """
         items: list[BatchItem] = []
         for start in range(0, len(leases), MAX_CALL_JOBS):
             chunk = leases[start:start + MAX_CALL_JOBS]
-            name, anchor, args = self.ack_success_batch_call(queue, chunk, now_ms=now_ms)
+            mine = [(p - start, ttl, data) for p, ttl, data in results if start <= p < start + len(chunk)]
+            name, anchor, args = self.ack_success_batch_call(queue, chunk, now_ms=now_ms, results=mine)
             refused = parse_ack_batch(self._raise_if_err(self._call(name, anchor, *args), queue))
             items += [BatchItem(job_id, n not in refused, refused.get(n)) for n, (job_id, _) in enumerate(chunk)]
         return items
@@ -572,10 +594,19 @@ class OmniqClient:
                 (now_ms, max_jobs, *self.scripts.replay_tag("reserve_batch")))
 
     def ack_success_batch_call(self, queue: str, leases: Sequence[tuple[str, str]], *,
-                               now_ms: int = 0) -> ScriptCall:
-        """ack_success_batch for up to 1000 (job_id, lease_token) pairs, safe to send again."""
+                               now_ms: int = 0, results: Sequence[StoredResult] = ()) -> ScriptCall:
+        """ack_success_batch for up to 1000 (job_id, lease_token) pairs, safe to send again.
+
+        ``results``: (position in ``leases``, ttl_ms, payload) of the return values to
+        store in ``{Q}:result:<id>`` with that TTL when the lease is acked (none: no
+        extra argument at all).
+        """
         args = _lease_args(now_ms, leases)
         args += self.scripts.replay_tag("ack_success_batch")
+        if results:
+            args.append(len(results))
+            for position, ttl_ms, payload in results:
+                args += (position + 1, ttl_ms, payload)
         return ("ack_success_batch", keys.queue_anchor(queue), args)
 
     def ack_fail_batch_call(self, queue: str, failures: Sequence[tuple[str, str, str, bool]]) -> ScriptCall:
@@ -718,6 +749,54 @@ class OmniqClient:
             lease_token=h.get("lease_token", ""), last_error=h.get("last_error", ""),
             **{t: _int_or_none(h.get(t)) for t in times},
         )
+
+    # -- results (extension keys, see docs/protocol.md) --------------------------------
+
+    def result_state(self, queue: str, job_id: str, *, watch_until_ms: int = 0) -> ResultState:
+        """The stored result, state and last_error of a job, in one round trip.
+
+        With ``watch_until_ms`` (server clock), first mark the job watched until then
+        in ``{Q}:watching``: an ack from now on pushes a token to ``{Q}:done:<id>``
+        (see :meth:`wait_done`); the ack script drops marks past their time.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        if watch_until_ms:
+            watching = keys.watching_key(queue)
+            pipe.zadd(watching, {job_id: watch_until_ms})
+        pipe.get(keys.result_key(queue, job_id))
+        pipe.hmget(keys.job_key(queue, job_id), "state", "last_error")
+        with redis_errors(self.url):
+            replies = pipe.execute()
+        result, (state, last_error) = replies[-2], replies[-1]
+        return ResultState(None if result is None else bytes(result) if isinstance(result, (bytes, bytearray))
+                           else str(result).encode(), _text(state) if state is not None else "",
+                           _text(last_error) if last_error is not None else "")
+
+    def wait_done(self, queue: str, job_id: str, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` on ``{Q}:done:<id>``; True when an ack's token came.
+
+        The token is pushed back at once, so every waiter of the job wakes.
+        """
+        key = keys.done_key(queue, job_id)
+        with redis_errors(self.url):
+            got = self.redis.blpop([key], timeout=max(timeout_s, 0.01))
+            if not got:
+                return False
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(key, "1")
+            pipe.pexpire(key, _DONE_TTL_MS)
+            pipe.execute()
+        return True
+
+    def unwatch(self, queue: str, job_id: str) -> None:
+        """Drop the job's mark in ``{Q}:watching``."""
+        with redis_errors(self.url):
+            self.redis.zrem(keys.watching_key(queue), job_id)
+
+    def forget_result(self, queue: str, job_id: str) -> bool:
+        """Delete a job's stored result; True when there was one."""
+        with redis_errors(self.url):
+            return int(self.redis.delete(keys.result_key(queue, job_id))) > 0
 
     def iter_ids(self, queue: str, lane: str, *, page_size: int = READ_PAGE) -> Iterator[str]:
         """Job ids in a lane's idx mirror (wait, active, delayed, failed, completed), oldest first.

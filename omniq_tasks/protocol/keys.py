@@ -23,6 +23,9 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {Q}:wake                  LIST  wake-up tokens our publishers push (extension)
     {Q}:rq:<channel>          replay memory of a caller's last call (extension, TTL)
     {Q}:oom-guard             never exists: heartbeat_batch's first write (extension)
+    {Q}:result:<id>           a job's return value as JSON, PX = its result_ttl (extension)
+    {Q}:watching              ZSET  ids a handle.get() waits on, score = until ms (extension)
+    {Q}:done:<id>             LIST  wake-up token for those waiters, short TTL (extension)
     {cc:<key>}:meta           anchor of a fan-in counter
     {cc:<key>}:count          remaining children
     {cc:<key>}:done           SET   acked child ids
@@ -120,6 +123,21 @@ def idx_key(queue: str, lane: str) -> str:
 def wake_key(queue: str) -> str:
     """``{Q}:wake``: the list idle omniq-tasks workers block on (BLPOP)."""
     return queue_base(queue) + ":wake"
+
+
+def result_key(queue: str, job_id: str) -> str:
+    """``{Q}:result:<id>``: the job's stored return value (ack_success_batch writes it)."""
+    return f"{queue_base(queue)}:result:{job_id}"
+
+
+def watching_key(queue: str) -> str:
+    """``{Q}:watching``: ids someone waits on in ``handle.get()``, score = until when (ms)."""
+    return queue_base(queue) + ":watching"
+
+
+def done_key(queue: str, job_id: str) -> str:
+    """``{Q}:done:<id>``: the list ``handle.get()`` blocks on; the ack pushes a token."""
+    return f"{queue_base(queue)}:done:{job_id}"
 
 
 def stats_key(queue: str) -> str:

@@ -16,12 +16,15 @@ from functools import partial
 from typing import Any, Callable, Sequence
 
 from ..defaults import MAX_CALL_JOBS
-from ..protocol.client import CorruptLease, OmniqClient, parse_ack_batch, parse_ack_fail_batch, parse_leases
+from ..protocol.client import (
+    CorruptLease, OmniqClient, StoredResult, parse_ack_batch, parse_ack_fail_batch, parse_leases)
 from ..outcome import Outcome
 from .leases import Leases
 from ..middleware import AckResult, Hooks
 from ..protocol.models import AckFailResult, QueuePaused, ReservedJob
 from ..protocol.scripts import ScriptCall
+from ..registry import Registry
+from ..results import TOO_LARGE_MARK
 from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")
@@ -60,7 +63,7 @@ class Exchanger:
 
     def __init__(self, client: OmniqClient, queues: Sequence[str], concurrency: int, leases: Leases,
                  start: Callable[[ReservedJob], None], troubles: Troubles, hooks: Hooks,
-                 paused_backoff_s: float) -> None:
+                 paused_backoff_s: float, registry: Registry | None = None) -> None:
         self.client = client
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -75,6 +78,11 @@ class Exchanger:
         self.paused_until: dict[str, float] = {}
         self.processed = 0
         self.failures = 0
+        # Results: the tasks (their store_result, result_ttl), and per task name its
+        # TTL in ms, 0 when it stores none (filled on first use).
+        self.registry = registry
+        self.result_ttls: dict[str, int] = {}
+
 
     def busy(self) -> bool:
         """Something is still to be sent or resent."""
@@ -115,7 +123,8 @@ class Exchanger:
             for i in range(0, len(done), MAX_CALL_JOBS):
                 chunk = done[i:i + MAX_CALL_JOBS]
                 ex.calls.append(self.client.ack_success_batch_call(
-                    queue, [(job.job_id, job.lease_token) for job, _, _ in chunk]))
+                    queue, [(job.job_id, job.lease_token) for job, _, _ in chunk],
+                    results=self._results(chunk)))
                 ex.handlers.append(partial(self._acked, queue, chunk))
         for queue, done in failed.items():
             for i in range(0, len(done), MAX_CALL_JOBS):
@@ -130,6 +139,33 @@ class Exchanger:
             ex.calls.append(self.client.reserve_batch_call(ready[0], free))
             ex.reserve, ex.then = ready[0], ready[1:]
         return ex if ex.calls or ex.settles else None
+
+    def _results(self, chunk: Settled) -> list[StoredResult]:
+        """The return values to store with a chunk's ack: (position, ttl_ms, JSON)."""
+        out: list[StoredResult] = []
+        for n, (job, outcome, _) in enumerate(chunk):
+            if not outcome.result:  # returned None (or nothing encodable): nothing to store
+                continue
+            ttl = self.result_ttls.get(outcome.task)
+            if ttl is None:
+                ttl = self.result_ttls[outcome.task] = self._result_ttl(outcome.task)
+            if not ttl:
+                continue
+            data = outcome.result
+            limit = self.client.max_payload_bytes
+            if len(data) > limit:
+                log.warning("%s job=%s queue=%s returned %d bytes of JSON, over the payload limit of %d: "
+                            "the result is not stored (get() raises ResultTooLargeError)",
+                            outcome.task, job.job_id, job.queue, len(data), limit)
+                data = TOO_LARGE_MARK + f"{len(data)}:{limit}".encode()
+            out.append((n, ttl, data))
+        return out
+
+    def _result_ttl(self, name: str) -> int:
+        task = self.registry.get(name) if self.registry is not None else None
+        if task is None or not task.policy.store_result:
+            return 0
+        return max(1, int(task.policy.result_ttl * 1000))
 
     def _send(self, now: float) -> int:
         """Send the pending round trip; on success settle it and return the jobs started."""

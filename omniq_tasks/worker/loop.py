@@ -117,7 +117,8 @@ class Worker:
         self.renewal = Renewal(self.client, self.leases, self.troubles)
         self.maintenance = Maintenance(self.client, self.queues, maintenance_interval_s, self.troubles)
         self.exchanger = Exchanger(self.client, self.queues, self.concurrency, self.leases,
-                                   self.runner.submit, self.troubles, self.hooks, paused_backoff_s)
+                                   self.runner.submit, self.troubles, self.hooks, paused_backoff_s,
+                                   registry=app.registry)
         self._summary = (clock(), 0, 0)  # when, processed, failures at the last summary
         self._wakers: list[threading.Thread] = []
         self._outage_s = 0.0
