@@ -4,6 +4,8 @@ Each App has its tasks on one queue, so a worker started with the default settin
 (every queue of the app) serves just that queue:
 
     app        queue bench-noop    ``noop``   threads / processes rows
+    result_app queue bench-results ``rstruct`` threads, each returning a small Struct (stored)
+    mw_app     queue bench-mw      ``mnoop``  threads, with a no-op Middleware present
     async_app  queue bench-async   ``anoop``  async row (``async def``)
     group_app  queue bench-groups  ``gnoop``  1,000 groups of limit 1
     lat_app    queue bench-lat     ``lat``    latency, foreign producers, idle CPU
@@ -31,7 +33,12 @@ import json
 import os
 import time
 
+import msgspec
+
 from omniq_tasks.app import App
+from omniq_tasks.middleware import AckResult, Middleware
+from omniq_tasks.outcome import Outcome
+from omniq_tasks.protocol.models import ReservedJob
 
 TIMES_DIR_ENV = "BENCH_TIMES_DIR"
 GROUPS = 1000
@@ -40,6 +47,23 @@ app = App("bench", queue="bench-noop")
 async_app = App("bench-async", queue="bench-async")
 group_app = App("bench-groups", queue="bench-groups")
 lat_app = App("bench-lat", queue="bench-lat")
+result_app = App("bench-results", queue="bench-results")
+
+
+class NoopMiddleware(Middleware):
+    """Hooks that do nothing: what having a middleware costs per job."""
+
+    def before_run(self, job: ReservedJob) -> None:
+        pass
+
+    def after_run(self, job: ReservedJob, outcome: Outcome) -> None:
+        return None
+
+    def after_ack(self, job: ReservedJob, outcome: Outcome, result: AckResult) -> None:
+        pass
+
+
+mw_app = App("bench-mw", queue="bench-mw", middleware=[NoopMiddleware()])
 rss_app = App("bench-rss", queue="bench-rss")
 multi_app = App("bench-multi", queue="bench-c0")
 # slots 4282, 12536 and 8409: one in each third of the slots, which is how
@@ -76,6 +100,22 @@ if os.environ.get(TIMES_DIR_ENV):
 
 @app.task
 def noop(i: int = 0) -> None:
+    _ran()
+
+
+class Small(msgspec.Struct):
+    i: int
+    status: str
+
+
+@result_app.task
+def rstruct(i: int = 0) -> Small:
+    _ran()
+    return Small(i, "ok")
+
+
+@mw_app.task
+def mnoop(i: int = 0) -> None:
     _ran()
 
 

@@ -371,6 +371,12 @@ class Suite:
         elif kind == "groups":
             app.gnoop.map(range(n))
             cmd, queue = self.worker_cmd("group_app", "--drain"), "bench-groups"
+        elif kind == "results":
+            app.rstruct.map(range(n))
+            cmd, queue = self.worker_cmd("result_app", "--drain"), "bench-results"
+        elif kind == "middleware":
+            app.mnoop.map(range(n))
+            cmd, queue = self.worker_cmd("mw_app", "--drain"), "bench-mw"
         elif kind == "processes":
             app.noop.map(range(n))
             cmd, queue = self.worker_cmd("app", "--drain", "--pool", "processes"), "bench-noop"
@@ -440,7 +446,7 @@ class Suite:
         s = self.s
         for rep in range(s.repeat):
             self.rep = rep + 1
-            for kind in ("threads", "processes", "async", "groups"):
+            for kind in ("threads", "results", "middleware", "processes", "async", "groups"):
                 self.attempt([f"process_{kind}"], lambda kind=kind: self._record(
                     f"process_{kind}", ours=self.process_ours(kind, s.jobs)))
             self.attempt(["process_threads", "process_processes", "process_async"],
@@ -448,13 +454,20 @@ class Suite:
             self.attempt(["process_groups"], lambda: self._record(
                 "process_groups", peer=self.process_peer(True, s.peer_jobs)))
             log(f"process rep {rep + 1}/{s.repeat}: " + ", ".join(
-                f"{k} {self._last('process_' + k, 'ours')}" for k in ("threads", "processes", "async", "groups"))
+                f"{k} {self._last('process_' + k, 'ours')}"
+                for k in ("threads", "results", "middleware", "processes", "async", "groups"))
                 + f"; peer {self._last('process_threads', 'peer')}, "
                   f"groups {self._last('process_groups', 'peer')}")
         peer = self.figure("process_threads").peer
         for kind in ("processes", "async"):  # the SDK has one consume loop: the same peer figure
             self.figure(f"process_{kind}").peer = list(peer)
         ungrouped, grouped = self.figure("process_threads"), self.figure("process_groups")
+        for kind in ("results", "middleware"):  # next to the plain worker of the same run
+            other, ratio = self.figure(f"process_{kind}"), self.figure(f"{kind}_share")
+            if ungrouped.ours_value and other.ours_value:
+                ratio.ours = [other.ours_value / ungrouped.ours_value]
+            else:
+                ratio.error = other.error or ungrouped.error or "no figures"
         share = self.figure("groups_share")
         if ungrouped.ours_value and grouped.ours_value:
             share.ours = [grouped.ours_value / ungrouped.ours_value]
