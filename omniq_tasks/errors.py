@@ -276,3 +276,19 @@ class ResultMissingError(OmniqError, LookupError):
 class ResultTooLargeError(OmniqError, ValueError):
     """Raised by ``handle.get()`` when the task's return value was larger than the
     payload limit, so the worker stored this mark instead of the value."""
+
+
+class TimeLimitExceeded(OmniqError):
+    """A run passed its task's hard ``time_limit``: the job fails (or retries) with it.
+
+    Never raised inside the task: the process pool kills the child that ran it, an
+    ``async def`` task is cancelled, a thread is left to finish (its result dropped).
+    See docs/tasks.md, "Time limits".
+    """
+
+
+class SoftTimeLimitExceeded(OmniqError):
+    """Raised inside a task when its run passes ``soft_time_limit``, so it can clean up.
+
+    Where it can be delivered depends on the pool (docs/tasks.md, "Time limits").
+    """

@@ -113,7 +113,7 @@ class Worker:
         elif pool == "inline":
             self.runner = InlineRunner(app, self._done)
         else:
-            self.runner = ThreadRunner(app, self.concurrency, self._done)
+            self.runner = ThreadRunner(app, self.concurrency, self._done, on_free=self._slot_freed)
         self.renewal = Renewal(self.client, self.leases, self.troubles)
         self.maintenance = Maintenance(self.client, self.queues, maintenance_interval_s, self.troubles)
         self.exchanger = Exchanger(self.client, self.queues, self.concurrency, self.leases,
@@ -143,6 +143,15 @@ class Worker:
     def _done(self, job: ReservedJob, outcome: Outcome) -> None:
         self._events.put((job, outcome))
 
+    def _slot_freed(self) -> None:
+        """A body that outlived its time limit returned (runner thread): lease into its slot."""
+        self._events.put(_WAKE)
+
+    def _slots(self) -> int:
+        """Slots to lease into: ``concurrency`` less those still taken by bodies past their
+        time limit (their jobs are failed already; the runner's ``held_slots``)."""
+        return self.concurrency - getattr(self.runner, "held_slots", 0)
+
     def step(self) -> int:
         """One pass: take what finished, renew due leases, maintain when due, ack and lease.
 
@@ -159,6 +168,7 @@ class Worker:
             self.maintenance.run(now)
             if now - self._summary[0] >= SUMMARY_INTERVAL_S:
                 self._log_summary(now)
+        self.exchanger.concurrency = self._slots()
         return self.exchanger.exchange(now, not self._stopping.is_set())
 
     def _drain_events(self, block_s: float = 0.0) -> list[Finished]:
@@ -217,7 +227,7 @@ class Worker:
                 if self.drain and self._drained(started):
                     log.info("drained: nothing left to run in %s", ",".join(self.queues))
                     break
-                if started and len(self.leases) < self.concurrency:
+                if started and len(self.leases) < self._slots():
                     exchanger.unsent += self._drain_events()  # more may be runnable: ask again at once
                 else:
                     exchanger.unsent += self._wait()
@@ -275,7 +285,7 @@ class Worker:
         """Block until a job finishes, a publisher wakes us, or a timer is due."""
         now = self.clock()
         until = min(self.leases.next_due, self.maintenance.next_at, now + self.poll_interval_s)
-        if len(self.leases) < self.concurrency:
+        if len(self.leases) < self._slots():
             self._ensure_waker()
             self._idle.set()
         finished = self._drain_events(block_s=max(until - now, 0.001))

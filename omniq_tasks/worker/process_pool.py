@@ -19,6 +19,14 @@ die before they are ready (the app cannot be imported) are restarted with a
 backoff (0.5 s doubling to 30 s), one at a time, with one ERROR line; the jobs
 handed to the pool meanwhile wait.
 
+Time limits (a task's ``policy``): at ``soft_time_limit`` the child raises
+SoftTimeLimitExceeded in the body (SIGALRM for a sync body, which the child's
+main thread runs; at its ``await`` for an async one), so it can clean up. A
+run with a ``time_limit`` is announced by the child (``_Started``); at the
+limit the parent SIGKILLs that child and fails the job with
+TimeLimitExceeded (retried or not as any failure), and a new child takes
+its place, as for any dead child.
+
 Children ignore SIGINT (the parent decides when to stop) and log like the
 parent. ``stop()`` closes the pipes (idle children exit at once), gives busy
 children about STOP_WAIT_S to finish, then terminates and if need be kills
@@ -43,6 +51,7 @@ from typing import Callable, Union
 import msgspec
 
 from .execution import crashed, exception_line
+from .time_limits import hard_error
 from ..outcome import Outcome
 from ..protocol.models import ReservedJob
 
@@ -70,13 +79,19 @@ class _Done(msgspec.Struct, tag="done", array_like=True):
     outcome: Outcome
 
 
+class _Started(msgspec.Struct, tag="started", array_like=True):
+    """Child -> parent: the job's body starts, with a hard time limit of ``hard_s``."""
+
+    hard_s: float
+
+
 class _StartFailed(msgspec.Struct, tag="start_failed", array_like=True):
     """Child -> parent: the app could not be loaded; the child exits next."""
 
     error: str
 
 
-_ChildMessage = Union[_Ready, _Done, _StartFailed]
+_ChildMessage = Union[_Ready, _Done, _Started, _StartFailed]
 _encode = msgspec.msgpack.Encoder().encode
 _decode_job = msgspec.msgpack.Decoder(ReservedJob).decode
 _decode_message = msgspec.msgpack.Decoder(_ChildMessage).decode
@@ -99,8 +114,9 @@ def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str
         conn.send_bytes(_encode(_StartFailed(f"cannot load app {app_path!r}: {exception_line(exc)}")))
         sys.exit(2)
     from ..middleware import Hooks
-    from .runners import run_job
+    from .runners import ChildLimits, run_job
 
+    limits = ChildLimits(lambda hard_s: conn.send_bytes(_encode(_Started(hard_s))))
     hooks = Hooks(app.middleware)  # the app loaded here has its middleware: the hooks run in the child
     conn.send_bytes(_encode(_Ready(os.getpid())))
     while True:
@@ -113,7 +129,7 @@ def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str
         except BaseException as exc:  # the parent sent what it should not: fail that job, live on
             outcome = crashed("", exc)
         else:
-            outcome = run_job(app, hooks, job)  # never raises; before_run/after_run run here
+            outcome = run_job(app, hooks, job, limits)  # never raises; before_run/after_run run here
         try:
             conn.send_bytes(_encode(_Done(outcome)))
         except (EOFError, OSError):
@@ -126,13 +142,17 @@ def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str
 class _Child:
     """A child process, its end of the pipe, and the job it runs (None when idle)."""
 
-    __slots__ = ("proc", "conn", "ready", "job")
+    __slots__ = ("proc", "conn", "ready", "job", "started", "deadline", "hard_s", "killed_for")
 
     def __init__(self, proc: BaseProcess, conn: Connection) -> None:
         self.proc = proc
         self.conn = conn
         self.ready = False
         self.job: ReservedJob | None = None
+        self.started = 0.0  # when the running job's body began (monotonic), if it has a time limit
+        self.deadline: float | None = None  # when that time limit ends
+        self.hard_s = 0.0
+        self.killed_for = ""  # the job's last_error when we killed it at its time limit
 
 
 def how_it_ended(exitcode: int | None) -> str:
@@ -230,9 +250,15 @@ class ProcessRunner:
                 by_conn = {c.conn: c for c in self._children}
                 by_sentinel = {c.proc.sentinel: c for c in self._children}
                 timeout = None
-                if len(self._children) < self.size and self._next_start > time.monotonic():
-                    timeout = self._next_start - time.monotonic()  # a restart waits on its backoff
+                now = time.monotonic()
+                if len(self._children) < self.size and self._next_start > now:
+                    timeout = self._next_start - now  # a restart waits on its backoff
+                deadline = min((c.deadline for c in self._children if c.deadline is not None), default=None)
+                if deadline is not None:
+                    timeout = max(min(timeout if timeout is not None else deadline, deadline - now), 0.0)
                 ready = wait([self._wake_r, *by_conn, *by_sentinel], timeout)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._enforce_limits()
                 for obj in ready:
                     if obj is self._wake_r:
                         self._wake_r.recv_bytes()
@@ -277,6 +303,19 @@ class ProcessRunner:
                 continue
             child.job = job
 
+    def _enforce_limits(self) -> None:
+        """SIGKILL each child whose job passed its time limit; its death reports the job (_ended)."""
+        now = time.monotonic()
+        for child in self._children:
+            if child.deadline is None or child.deadline > now or child.job is None:
+                continue
+            ran = now - child.started
+            child.deadline = None
+            child.killed_for = hard_error(child.hard_s, ran, f"its worker process (pid {child.proc.pid}) was killed")
+            log.error("job=%s queue=%s passed its time_limit of %g s; killing worker process %s",
+                      child.job.job_id, child.job.queue, child.hard_s, child.proc.pid)
+            child.proc.kill()
+
     def _read(self, child: _Child) -> None:
         if child in self._children and not self._receive(child):
             self._ended(child)
@@ -287,8 +326,13 @@ class ProcessRunner:
             message = _decode_message(child.conn.recv_bytes())
         except (EOFError, OSError):
             return False
-        if isinstance(message, _Done):
+        if isinstance(message, _Started):
+            child.started = time.monotonic()
+            child.hard_s = message.hard_s
+            child.deadline = child.started + message.hard_s
+        elif isinstance(message, _Done):
             job, child.job = child.job, None
+            child.deadline = None
             if job is not None:
                 self._report(job, message.outcome)
         elif isinstance(message, _Ready):
@@ -320,7 +364,13 @@ class ProcessRunner:
             if self._stopping:  # stop() ends children on purpose: not a crash
                 return
         job = child.job
-        if job is not None:
+        if job is not None and child.killed_for:
+            log.info("worker process %s killed at the time limit of job=%s; starting another", pid, job.job_id)
+            self._report(job, Outcome(False, _task_name(job), child.killed_for,
+                                      duration_ms=(time.monotonic() - child.started) * 1000))
+        elif child.killed_for:
+            log.info("worker process %s killed at a time limit its job met just in time; starting another", pid)
+        elif job is not None:
             log.error("worker process %s died (%s) while running job=%s queue=%s; starting another",
                       pid, how, job.job_id, job.queue)
             error = f"worker process died: {how} (pid {pid}, attempt {job.attempt} of {job.max_attempts})"
