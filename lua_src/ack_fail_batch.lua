@@ -1,10 +1,12 @@
 -- ack_fail_batch (omniq-tasks extension): ack_fail for up to 1000 leases of one queue.
 -- KEYS[1]  anchor "{Q}:meta"
--- ARGV     now_ms ("0" = server clock), count, then per lease 4 fields: job_id,
+-- ARGV     now_ms ("0" = server clock), count, then per lease 5 fields: job_id,
 --          lease_token, error text (at most 4096 bytes kept as last_error; "" keeps
---          the old one), mode ("" = retry after backoff_ms or fail when the attempts
---          are used up, as ack_fail; "final" = fail now), then [replay channel,
---          sequence (see include/replay.lua): the same pair again gets the first answer]
+--          the old one), mode ("" = retry or fail when the attempts are used up, as
+--          ack_fail; "final" = fail now), retry_at_ms (epoch ms the retry is due,
+--          computed by the worker from the task's retry policy; "" or "0" = now +
+--          backoff_ms, as ack_fail), then [replay channel, sequence (see
+--          include/replay.lua): the same pair again gets the first answer]
 -- Reply    {per lease, in order: "R:<due_ms>" (retry due then), "F" (failed for
 --          good), or the reason it was not acked (TOKEN_REQUIRED, TOKEN_MISMATCH,
 --          NOT_ACTIVE, BAD_JOB_ID)}
@@ -13,7 +15,7 @@
 --@include lanes
 --@include replay
 local MAX_ACKS = 1000
-local FIELDS = 4
+local FIELDS = 5
 local now = now_or_server(ARGV[1])
 local count = to_int(ARGV[2])
 
@@ -33,7 +35,7 @@ for i = 0, count - 1 do
   if err then
     out[#out + 1] = err
   else
-    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final")
+    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final", to_int(ARGV[a + 5]))
     out[#out + 1] = due and ("R:" .. due) or "F"
     finished = true
   end

@@ -15,8 +15,8 @@ from .app import App
 from .protocol.client import JobSpec, OmniqClient, job_spec
 from .context import JobContext
 from .errors import (
-    BackendError, InvalidNameError, OmniqConnectionError, OmniqError, PayloadError, ProtocolError,
-    RedisFullError, TaskArgumentError,
+    BackendError, InvalidNameError, OmniqConnectionError, OmniqError, PayloadError, PermanentError,
+    ProtocolError, RedisFullError, Retry, TaskArgumentError,
 )
 from .results import JobHandle, JobStatus
 from .task import Task
@@ -32,6 +32,8 @@ __all__ = [
     # the error roots and the errors an application meets most
     "OmniqError", "ProtocolError", "BackendError", "PayloadError", "TaskArgumentError",
     "InvalidNameError", "OmniqConnectionError", "RedisFullError",
+    # what a task raises to retry later or to fail at once
+    "Retry", "PermanentError",
     "__version__",
 ]
 

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 class JobContext:
     """Handed to a task that declares a parameter annotated ``JobContext``.
 
-    Fields: ``queue``, ``job_id``, ``attempt`` (1 on the first run), ``max_attempts``,
+    Fields: ``queue``, ``job_id``, ``attempt`` (1 on the first run; ``retries_left``
+    and ``is_last_attempt`` follow from it), ``max_attempts``,
     ``gid`` ("" when ungrouped), ``lease_token``, ``lock_until_ms`` and ``payload_raw``
     (the job's JSON text). Methods are the protocol operations a job may need.
     """
@@ -37,6 +38,11 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         """True when a failure now fails the job for good."""
         return self.attempt >= self.max_attempts
+
+    @property
+    def retries_left(self) -> int:
+        """How many more runs a failure of this one may get (0 on the last attempt)."""
+        return max(self.max_attempts - self.attempt, 0)
 
     def heartbeat(self) -> int:
         """Extend this job's lease now; returns the new lock_until_ms.

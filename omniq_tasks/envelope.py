@@ -4,7 +4,8 @@
 
 ``task`` names the registered task; ``args`` are positional and ``kwargs`` named
 arguments (our publisher sends every argument by name, other producers may use
-either); ``meta`` is optional framework data. A payload counts as an envelope
+either); ``meta`` is optional framework data (``expires_ms``: the epoch-ms
+deadline after which the job is not started). A payload counts as an envelope
 when it is a JSON object with a string ``task`` and an ``args`` or ``kwargs``
 member; anything else is a raw payload for the queue's raw handler. Unknown
 top-level members are ignored, so later versions may add fields.

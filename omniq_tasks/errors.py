@@ -11,6 +11,9 @@ each reason has its own subclass, so callers can catch exactly what they expect:
 
 from __future__ import annotations
 
+import datetime
+from typing import Any
+
 import redis.exceptions
 
 
@@ -47,6 +50,54 @@ class TaskDefinitionError(OmniqError, TypeError):
 
 class DuplicateTaskError(OmniqError, ValueError):
     """Raised when a task name, or a queue's raw handler, is registered twice."""
+
+
+class Retry(OmniqError):
+    """Raised by a task to run again later: ``raise Retry(countdown=30)``.
+
+    ``countdown`` (seconds from now) or ``eta`` (an aware datetime, or epoch seconds)
+    says when; with neither, the task's backoff decides. The run counts as an attempt:
+    with none left the job fails. ``exc``, the exception that made the task retry, is
+    what ``last_error`` shows. Retry always retries (``autoretry_for`` and
+    ``dont_retry_for`` do not apply to it).
+    """
+
+    def __init__(self, countdown: float | None = None, eta: Any = None, exc: BaseException | None = None) -> None:
+        if countdown is not None and eta is not None:
+            raise InvalidOptionError("Retry takes countdown or eta, not both")
+        if countdown is not None and (isinstance(countdown, bool) or not isinstance(countdown, (int, float))
+                                      or not 0 <= countdown < 1e10):  # NaN fails too
+            raise InvalidOptionError(f"Retry countdown must be seconds >= 0, got {countdown!r}")
+        if eta is not None:
+            if isinstance(eta, datetime.datetime):
+                if eta.tzinfo is None:
+                    raise InvalidOptionError("Retry eta must be an aware datetime (with tzinfo)")
+            elif isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < 253_402_300_800:
+                raise InvalidOptionError(f"Retry eta must be an aware datetime or epoch seconds, got {eta!r}")
+        self.countdown = countdown
+        self.eta = eta
+        self.exc = exc
+        when = (f" in {countdown} s" if countdown is not None
+                else f" at {eta.isoformat() if isinstance(eta, datetime.datetime) else eta}" if eta is not None
+                else "")
+        super().__init__(f"retry{when}" + (f": {type(exc).__qualname__}: {exc}" if exc is not None else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.countdown, self.eta, self.exc))
+
+
+class PermanentError(OmniqError):
+    """Raised by a task whose job can never succeed: it fails at once, with no retry.
+
+    Any exception class can say the same of itself with a class attribute
+    ``omniq_permanent = True`` (this class has it).
+    """
+
+    omniq_permanent = True
+
+
+class Reject(PermanentError):
+    """Celery's name for refusing a job: a :class:`PermanentError` (fails at once, no retry)."""
 
 
 class BackendError(OmniqError):

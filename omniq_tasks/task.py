@@ -73,6 +73,29 @@ def _due_ms(countdown: float | None, eta: datetime | float | None, server_now_ms
     raise InvalidOptionError(f"eta must be an aware datetime or epoch seconds, not {type(eta).__name__}")
 
 
+def _expires_ms(expires: datetime | float | None, default_s: float | None,
+                now_ms: Callable[[], int]) -> int:
+    """The deadline (epoch ms, 0: none) of ``expires``: seconds from now, or an aware datetime.
+
+    Left out, the task's ``policy.expires`` (seconds after publish). Now is the
+    Redis server's clock, which the worker's start check follows too.
+    """
+    if expires is None:
+        expires = default_s
+        if expires is None:
+            return 0
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise InvalidOptionError("expires must be an aware datetime (with tzinfo) or seconds")
+        return _checked_due("expires", expires, expires.timestamp())
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+        raise InvalidOptionError(f"expires must be seconds (int or float) or an aware datetime, "
+                                 f"not {type(expires).__name__}")
+    if not 0 < expires <= _MAX_DUE_MS / 1000:  # NaN fails this too
+        raise InvalidOptionError(f"expires must be a number of seconds above 0, got {expires!r}")
+    return _checked_due("expires", expires, now_ms() / 1000 + expires)
+
+
 def _checked_due(name: str, given: object, epoch_s: float) -> int:
     if not 0 <= epoch_s <= _MAX_DUE_MS / 1000:  # also refuses NaN and infinities
         raise InvalidOptionError(f"{name}={given!r} is not a time between 1970 and year 9999")
@@ -165,7 +188,7 @@ class Task(Generic[P, R]):
     # ``/``: a task parameter named ``self`` or ``when`` must not collide with ours.
     def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run with these arguments; returns its handle."""
-        payload, gid = self._encode(args, kwargs)
+        payload, gid = self._encode(args, kwargs, self._policy_expires_ms())
         return self._publish(self.queue, self._own_spec(new_job_id(), payload, gid))
 
     def apply_at(self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
@@ -180,14 +203,31 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         eta: datetime | float | None = None,
         queue: str | None = None,
+        expires: datetime | float | None = None,
         **options: Unpack[CallOptions],
     ) -> JobHandle:
-        """Queue a run with per-call options; arguments are checked before Redis is touched."""
+        """Queue a run with per-call options; arguments are checked before Redis is touched.
+
+        ``expires``: seconds from now, or an aware datetime, after which the job is not
+        started (it fails with last_error "expired ..."); left out, the task's own.
+        """
         target = validate_queue(queue) if queue is not None else self.queue
+        if expires is not None and self.raw:
+            raise InvalidOptionError(f"raw task {self.name}: expires needs a task envelope (a raw payload has no meta)")
         spec = self.encode_call(
-            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, lambda: self.app.client.server_now_ms()),
+            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, self._server_now_ms),
+            expires_ms=_expires_ms(expires, None if self.raw else self.policy.expires, self._server_now_ms),
             **options)
         return self._publish(target, spec)
+
+    def _policy_expires_ms(self) -> int:
+        """The deadline ``policy.expires`` gives a job published now (0: none, or a raw task)."""
+        if self.policy.expires is None or self.raw:
+            return 0
+        return _expires_ms(None, self.policy.expires, self._server_now_ms)
+
+    def _server_now_ms(self) -> int:
+        return self.app.client.server_now_ms()
 
     def _publish(self, queue: str, spec: JobSpec) -> JobHandle:
         if self.app.middleware:
@@ -216,13 +256,14 @@ class Task(Generic[P, R]):
         items = calls if isinstance(calls, (list, tuple)) else list(calls)
         ids = new_job_ids(len(items))
         specs: list[JobSpec] = []
+        expires_ms = self._policy_expires_ms()
         for item, job_id in zip(items, ids):
             if isinstance(item, tuple):
-                payload, gid = self._encode(item, {})
+                payload, gid = self._encode(item, {}, expires_ms)
             elif isinstance(item, dict):
-                payload, gid = self._encode((), item)
+                payload, gid = self._encode((), item, expires_ms)
             else:
-                payload, gid = self._encode((item,), {})
+                payload, gid = self._encode((item,), {}, expires_ms)
             specs.append(self._own_spec(job_id, payload, gid))
         if self.app.middleware:  # after every item is checked: a refused item publishes nothing
             for spec in specs:
@@ -232,10 +273,14 @@ class Task(Generic[P, R]):
         return [JobHandle(client, target, p.job_id, p.existed, task=self) for p in published]
 
     def encode_call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, due_ms: int = 0, **options: Unpack[CallOptions],
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, due_ms: int = 0, expires_ms: int = 0,
+        **options: Unpack[CallOptions],
     ) -> JobSpec:
-        """Encode and check one call as the JobSpec ``apply_async`` publishes, without publishing it."""
-        payload, resolved = self._encode(args, kwargs)
+        """Encode and check one call as the JobSpec ``apply_async`` publishes, without publishing it.
+
+        ``expires_ms``: the deadline (epoch ms) put in the envelope's meta; 0: none.
+        """
+        payload, resolved = self._encode(args, kwargs, expires_ms)
         gid, group_limit = options.get("gid"), options.get("group_limit")
         max_attempts, timeout_ms, backoff_ms = (
             options.get("max_attempts"), options.get("timeout_ms"), options.get("backoff_ms"))
@@ -250,13 +295,14 @@ class Task(Generic[P, R]):
             group_limit=self.group_limit if group_limit is None else group_limit,
         )
 
-    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, str | None]:
-        """The checked payload of a call, and the gid the task's rule gives it."""
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                expires_ms: int = 0) -> tuple[bytes, str | None]:
+        """The checked payload of a call (with its deadline in meta), and the gid the task's rule gives it."""
         if self.raw:
             call_args, payload = self._raw_payload(args, kwargs)
         else:
             call_args, kwargs_json = self.codec.encode_call(args, kwargs)
-            payload = build_envelope(self.name, kwargs_json)
+            payload = build_envelope(self.name, kwargs_json, {"expires_ms": expires_ms} if expires_ms else None)
         # Checked here, per job, so a bulk publish fails before its first chunk is written.
         if len(payload) > self.app.max_payload_bytes:
             raise PayloadTooLargeError(

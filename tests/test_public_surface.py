@@ -20,6 +20,7 @@ def test_top_level_is_small_and_complete() -> None:
         "OmniqClient", "JobSpec", "job_spec",
         "OmniqError", "ProtocolError", "BackendError", "PayloadError", "TaskArgumentError",
         "InvalidNameError", "OmniqConnectionError", "RedisFullError",
+        "Retry", "PermanentError",
         "__version__",
     ])
     for name in omniq_tasks.__all__:

@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"jobs leased and run at once (default: {DEFAULT_THREAD_SLOTS} with threads, the CPU count with processes)")
     worker.add_argument("--pool", choices=("threads", "processes"), default="threads",
                         help="where sync tasks run (async tasks always run on an event loop)")
-    worker.add_argument("--drain", action="store_true", help="run what is ready, then exit")
+    worker.add_argument("--drain", action="store_true",
+                        help="run what is ready (and retries due within --drain-wait), then exit")
+    worker.add_argument("--drain-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="with --drain, wait for delayed jobs (retries) due within this long "
+                             "(default 30; 0: do not wait)")
     worker.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long running jobs may take to finish (default 30)")
     worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
@@ -92,7 +96,8 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     try:
         worker = Worker(app, queues, concurrency=args.concurrency, pool=args.pool, app_path=args.app,
-                        drain=args.drain, grace_s=args.grace, poll_interval_s=args.poll_interval)
+                        drain=args.drain, drain_wait_s=args.drain_wait, grace_s=args.grace,
+                        poll_interval_s=args.poll_interval)
     except (OmniqError, ValueError) as exc:
         print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
         return 2

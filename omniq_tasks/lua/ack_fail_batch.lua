@@ -1,10 +1,12 @@
 -- ack_fail_batch (omniq-tasks extension): ack_fail for up to 1000 leases of one queue.
 -- KEYS[1]  anchor "{Q}:meta"
--- ARGV     now_ms ("0" = server clock), count, then per lease 4 fields: job_id,
+-- ARGV     now_ms ("0" = server clock), count, then per lease 5 fields: job_id,
 --          lease_token, error text (at most 4096 bytes kept as last_error; "" keeps
---          the old one), mode ("" = retry after backoff_ms or fail when the attempts
---          are used up, as ack_fail; "final" = fail now), then [replay channel,
---          sequence (see include/replay.lua): the same pair again gets the first answer]
+--          the old one), mode ("" = retry or fail when the attempts are used up, as
+--          ack_fail; "final" = fail now), retry_at_ms (epoch ms the retry is due,
+--          computed by the worker from the task's retry policy; "" or "0" = now +
+--          backoff_ms, as ack_fail), then [replay channel, sequence (see
+--          include/replay.lua): the same pair again gets the first answer]
 -- Reply    {per lease, in order: "R:<due_ms>" (retry due then), "F" (failed for
 --          good), or the reason it was not acked (TOKEN_REQUIRED, TOKEN_MISMATCH,
 --          NOT_ACTIVE, BAD_JOB_ID)}
@@ -257,9 +259,11 @@ local function left_active(job_id, gid, now)
 end
 
 -- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up (or at once when final). Returns the due
+-- or fail once the attempts are used up (or at once when final). retry_at (epoch
+-- ms, ack_fail_batch only) is the due time the worker computed from the task's
+-- retry policy; nil or 0 means the protocol's now + backoff_ms. Returns the due
 -- ms, or nil when failed.
-local function retry_or_fail(job_id, now, final)
+local function retry_or_fail(job_id, now, final, retry_at)
   local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
@@ -267,23 +271,25 @@ local function retry_or_fail(job_id, now, final)
     enter_failed(job_id, now, true)
     return nil
   end
-  local due = now + to_int(f[3])
+  local due
+  if retry_at and retry_at > 0 then due = retry_at else due = now + to_int(f[3]) end
   enter_delayed(job_id, due, now, true)
   return due
 end
 
 -- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
--- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry (at retry_at
+-- when given and above 0, else after backoff_ms) or fail.
 -- Returns the due ms, or nil when failed.
 local MAX_ERROR_BYTES = 4096
 
-local function fail_lease(job_id, gid, error_text, now, final)
+local function fail_lease(job_id, gid, error_text, now, final, retry_at)
   if error_text ~= "" then
     redis.call("HSET", job_key(job_id), "last_error", string.sub(error_text, 1, MAX_ERROR_BYTES),
       "last_error_ms", now)
   end
   left_active(job_id, gid, now)
-  return retry_or_fail(job_id, now, final)
+  return retry_or_fail(job_id, now, final, retry_at)
 end
 
 -- Heartbeat and both acks check the token first, then that the job is active.
@@ -327,7 +333,7 @@ local function replay_put(chan, seq, answer)
 end
 
 local MAX_ACKS = 1000
-local FIELDS = 4
+local FIELDS = 5
 local now = now_or_server(ARGV[1])
 local count = to_int(ARGV[2])
 
@@ -347,7 +353,7 @@ for i = 0, count - 1 do
   if err then
     out[#out + 1] = err
   else
-    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final")
+    local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final", to_int(ARGV[a + 5]))
     out[#out + 1] = due and ("R:" .. due) or "F"
     finished = true
   end

@@ -252,9 +252,11 @@ local function left_active(job_id, gid, now)
 end
 
 -- A lease that ended without success (ack_fail, reap): retry after the backoff,
--- or fail once the attempts are used up (or at once when final). Returns the due
+-- or fail once the attempts are used up (or at once when final). retry_at (epoch
+-- ms, ack_fail_batch only) is the due time the worker computed from the task's
+-- retry policy; nil or 0 means the protocol's now + backoff_ms. Returns the due
 -- ms, or nil when failed.
-local function retry_or_fail(job_id, now, final)
+local function retry_or_fail(job_id, now, final, retry_at)
   local f = redis.call("HMGET", job_key(job_id), "attempt", "max_attempts", "backoff_ms")
   local max_attempts = to_int(f[2])
   if max_attempts <= 0 then max_attempts = 1 end
@@ -262,13 +264,15 @@ local function retry_or_fail(job_id, now, final)
     enter_failed(job_id, now, true)
     return nil
   end
-  local due = now + to_int(f[3])
+  local due
+  if retry_at and retry_at > 0 then due = retry_at else due = now + to_int(f[3]) end
   enter_delayed(job_id, due, now, true)
   return due
 end
 
 -- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
--- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry (at retry_at
+-- when given and above 0, else after backoff_ms) or fail.
 -- Returns the due ms, or nil when failed.
 local MAX_ERROR_BYTES = 4096
 

@@ -205,7 +205,8 @@ local function lease(job_id, now)
 end
 
 -- A failed run's lease ends (ack_fail, ack_fail_batch): keep its error text (at most
--- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry or fail.
+-- MAX_ERROR_BYTES; "" keeps the old one), free the lease, then retry (at retry_at
+-- when given and above 0, else after backoff_ms) or fail.
 -- Returns the due ms, or nil when failed.
 local MAX_ERROR_BYTES = 4096
 

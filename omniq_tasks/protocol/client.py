@@ -609,11 +609,19 @@ class OmniqClient:
                 args += (position + 1, ttl_ms, payload)
         return ("ack_success_batch", keys.queue_anchor(queue), args)
 
-    def ack_fail_batch_call(self, queue: str, failures: Sequence[tuple[str, str, str, bool]]) -> ScriptCall:
-        """ack_fail_batch for up to 1000 (job_id, lease_token, error, final), safe to send again."""
+    def ack_fail_batch_call(
+        self, queue: str, failures: Sequence[tuple[str, str, str, bool] | tuple[str, str, str, bool, int]],
+    ) -> ScriptCall:
+        """ack_fail_batch for up to 1000 (job_id, lease_token, error, final[, retry_at_ms]), safe to send again.
+
+        ``retry_at_ms`` (epoch ms, server clock) is when a retry falls due; left out
+        or 0, the job's own backoff_ms counts from now (as the protocol's ack_fail).
+        """
         args: list[Any] = [0, len(failures)]
-        for job_id, token, error, final in failures:
-            args += (job_id, token, error, "final" if final else "")
+        for failure in failures:
+            job_id, token, error, final = failure[:4]
+            retry_at = failure[4] if len(failure) > 4 else 0
+            args += (job_id, token, error, "final" if final else "", retry_at)
         args += self.scripts.replay_tag("ack_fail_batch")
         return ("ack_fail_batch", keys.queue_anchor(queue), args)
 

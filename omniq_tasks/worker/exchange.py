@@ -25,6 +25,7 @@ from ..protocol.models import AckFailResult, QueuePaused, ReservedJob
 from ..protocol.scripts import ScriptCall
 from ..registry import Registry
 from ..results import TOO_LARGE_MARK
+from .execution import server_now_ms, utc_clock
 from .troubles import Troubles
 
 log = logging.getLogger("omniq_tasks.worker")
@@ -129,9 +130,10 @@ class Exchanger:
         for queue, done in failed.items():
             for i in range(0, len(done), MAX_CALL_JOBS):
                 chunk = done[i:i + MAX_CALL_JOBS]
-                # retry_at_ms is not sent yet: ack_fail retries after the job's backoff_ms.
+                # retry_at_ms: when the task's policy wants the retry (0: the job's backoff_ms)
                 ex.calls.append(self.client.ack_fail_batch_call(
-                    queue, [(job.job_id, job.lease_token, o.error, o.final) for job, o, _ in chunk]))
+                    queue, [(job.job_id, job.lease_token, o.error, o.final, o.retry_at_ms or 0)
+                            for job, o, _ in chunk]))
                 ex.handlers.append(partial(self._failed, queue, chunk))
         ready = [q for q in self.queues if self.paused_until.get(q, 0.0) <= now]
         free = min(self.concurrency - len(self.leases) + len(ex.settles), MAX_CALL_JOBS)
@@ -260,9 +262,10 @@ class Exchanger:
                 log.warning("lease lost: %s job=%s queue=%s failed but was not acked: %s",
                             outcome.task or "?", job.job_id, queue, result)
             elif result.status == "RETRY":
-                log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry at %s: %s",
-                            outcome.task, job.job_id, queue, job.attempt, job.max_attempts,
-                            elapsed_ms, result.due_ms, first_line)
+                due_ms = result.due_ms or 0
+                log.warning("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, retry in %.1f s at %s: %s",
+                            outcome.task, job.job_id, queue, job.attempt, job.max_attempts, elapsed_ms,
+                            max(due_ms - server_now_ms(job), 0) / 1000, utc_clock(due_ms), first_line)
             else:
                 log.error("failed %s job=%s queue=%s attempt=%d/%d in %.1f ms, for good: %s",
                           outcome.task or "?", job.job_id, queue, job.attempt, job.max_attempts,

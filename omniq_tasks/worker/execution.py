@@ -7,6 +7,14 @@ payload that does not fit the annotations, payload the decoder cannot take at
 all), so the job fails at once instead of burning its attempts. Every outcome of
 a call says how long the body ran (``duration_ms``).
 
+A task's exception is classified by its policy (classify()): ``Retry`` retries at
+the time it names, a permanent exception (``PermanentError``, ``Reject``, a class
+with ``omniq_permanent = True``, one in ``dont_retry_for`` or outside
+``autoretry_for``) fails at once, anything else retries, at the time the task's
+backoff gives (``retry_at_ms``; None leaves it to the job's fixed backoff_ms). A
+job whose envelope's ``meta.expires_ms`` has passed when it starts is not run.
+Times are the Redis server's clock, estimated from the lease (server_now_ms()).
+
 Nothing here may raise out of a runner: decode_job() turns any exception while
 decoding (RecursionError from 100,000 nested lists, MemoryError, ...) into a
 final Outcome, call()/call_async() turn whatever the task raises into a failed
@@ -15,7 +23,10 @@ Outcome, and describe_exception() survives exceptions whose str() raises.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import random
+import time
 import traceback
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -24,6 +35,7 @@ import msgspec
 
 from ..arguments import TaskArgumentError
 from ..defaults import MAX_ERROR_BYTES
+from ..errors import Retry
 from ..outcome import Outcome
 from ..context import JobContext
 from ..envelope import read_envelope
@@ -57,17 +69,110 @@ _encode_result = msgspec.json.Encoder().encode
 class PreparedCall:
     """A decoded job, ready to call: the task and its keyword arguments."""
 
-    __slots__ = ("task", "kwargs")
+    __slots__ = ("task", "kwargs", "expires_ms", "job")
 
-    def __init__(self, task: Task[Any, Any], kwargs: dict[str, Any]) -> None:
+    def __init__(self, task: Task[Any, Any], kwargs: dict[str, Any], expires_ms: int = 0) -> None:
         self.task = task
         self.kwargs = kwargs
+        # the envelope's deadline (epoch ms, 0: none) and the lease it runs under
+        # (None outside a worker: attempt 1, this machine's clock)
+        self.expires_ms = expires_ms
+        self.job: ReservedJob | None = None
+
+
+def server_now_ms(job: ReservedJob | None) -> int:
+    """The Redis server's clock now (epoch ms), estimated from ``job``'s lease.
+
+    reserve_batch set the lock to the server's now + timeout_ms when it leased the
+    job, no earlier than ``received_at``; the time since then is counted on the
+    monotonic clock (shared by the worker's processes). Without a lease that says
+    (the protocol's reserve, a test), this machine's clock.
+    """
+    if job is not None and job.received_at and job.timeout_ms:
+        return job.lock_until_ms - job.timeout_ms + int((time.monotonic() - job.received_at) * 1000)
+    return int(time.time() * 1000)
+
+
+def utc_clock(epoch_ms: int) -> str:
+    """``12:03:07Z`` (with the date when it is not today, UTC); never raises."""
+    try:
+        when = datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return when.strftime("%H:%M:%SZ" if when.date() == now.date() else "%Y-%m-%d %H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"{epoch_ms} ms"
+
+
+# Due times past year 9999 would lose precision in the scripts' numbers.
+_MAX_DUE_MS = 253_402_300_799_999
+
+
+def backoff_at_ms(prepared: PreparedCall, now_ms: int) -> int | None:
+    """When the retry of a failed run falls due under the task's policy (None: the job's backoff_ms).
+
+    Fixed backoff (``retry_backoff=False``) is the protocol's own: None. Exponential:
+    base (the task's backoff_ms, or ``retry_backoff`` seconds) times 2 ** (attempt - 1),
+    at most ``retry_backoff_max`` s, then a random part of it with ``retry_jitter``.
+    """
+    task = prepared.task
+    policy = task.policy
+    if policy.retry_backoff is False:
+        return None
+    base_ms = task.backoff_ms if policy.retry_backoff is True else float(policy.retry_backoff) * 1000
+    attempt = prepared.job.attempt if prepared.job is not None else 1
+    delay_ms = min(base_ms * 2.0 ** min(max(attempt - 1, 0), 64), policy.retry_backoff_max * 1000)
+    if policy.retry_jitter:
+        delay_ms = random.uniform(0, delay_ms)
+    return min(max(now_ms + int(delay_ms), 1), _MAX_DUE_MS)
+
+
+def _retry_requested_at(retry: Retry, prepared: PreparedCall, now_ms: int) -> int | None:
+    if retry.countdown is not None:
+        due = now_ms + retry.countdown * 1000
+    elif isinstance(retry.eta, datetime.datetime):
+        due = retry.eta.timestamp() * 1000
+    elif retry.eta is not None:
+        due = float(retry.eta) * 1000
+    else:
+        return backoff_at_ms(prepared, now_ms)
+    return min(max(int(due), 1), _MAX_DUE_MS)
+
+
+def is_permanent(exc: BaseException, autoretry_for: tuple[type[BaseException], ...],
+                 dont_retry_for: tuple[type[BaseException], ...]) -> bool:
+    """True when ``exc`` must fail its job at once (no retry).
+
+    A class marked ``omniq_permanent = True`` (PermanentError, Reject) or listed in
+    ``dont_retry_for`` is permanent; an Exception outside ``autoretry_for`` too.
+    What is not an Exception (SystemExit, KeyboardInterrupt) retries as before.
+    """
+    if getattr(type(exc), "omniq_permanent", False) is True or isinstance(exc, dont_retry_for):
+        return True
+    return isinstance(exc, Exception) and not isinstance(exc, autoretry_for)
+
+
+def classify(prepared: PreparedCall, exc: BaseException, duration_ms: float) -> Outcome:
+    """The failed Outcome of a task body that raised ``exc``, under its policy; never raises."""
+    name = prepared.task.name
+    try:
+        policy = prepared.task.policy
+        if isinstance(exc, Retry):
+            error = describe_exception(exc.exc) if exc.exc is not None else describe_exception(exc)
+            return Outcome(False, name, error, retry_at_ms=_retry_requested_at(
+                exc, prepared, server_now_ms(prepared.job)), duration_ms=duration_ms)
+        if is_permanent(exc, policy.autoretry_for, policy.dont_retry_for):
+            return Outcome(False, name, describe_exception(exc), final=True, duration_ms=duration_ms)
+        return Outcome(False, name, describe_exception(exc),
+                       retry_at_ms=backoff_at_ms(prepared, server_now_ms(prepared.job)), duration_ms=duration_ms)
+    except BaseException:  # a policy that cannot be read (MemoryError): fail as before the policies
+        return crashed(name, exc, duration_ms)
 
 
 def decode_job(registry: Registry, queue: str, payload: str | bytes,
                make_context: Callable[[], JobContext]) -> PreparedCall | Outcome:
     """Find the task for a leased job's payload and decode its arguments, or say why it cannot run."""
     name = ""
+    expires_ms = 0
     try:
         envelope = read_envelope(payload)
         if envelope is None:
@@ -97,11 +202,14 @@ def decode_job(registry: Registry, queue: str, payload: str | bytes,
             except TaskArgumentError as exc:
                 return Outcome(False, task.name, clip_error(f"invalid arguments: {exc}"), final=True)
             kwargs = task.codec.call_kwargs(decoded)
+            expires = envelope.meta.get("expires_ms") if envelope.meta else None
+            if isinstance(expires, int) and not isinstance(expires, bool) and expires > 0:
+                expires_ms = expires
     except BaseException as exc:  # RecursionError on deep nesting, MemoryError: retrying cannot help
         return Outcome(False, name, "payload could not be decoded: " + exception_line(exc), final=True)
     if task.codec.context_param is not None:
         kwargs[task.codec.context_param] = make_context()
-    return PreparedCall(task, kwargs)
+    return PreparedCall(task, kwargs, expires_ms)
 
 
 def job_context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
@@ -116,6 +224,14 @@ def decode_leased(app: App, job: ReservedJob) -> PreparedCall | Outcome:
     """decode_job() for a reserved job, logging its start at DEBUG; never raises."""
     try:
         prepared = decode_job(app.registry, job.queue, job.payload, job_context(app, job))
+        if isinstance(prepared, PreparedCall):
+            prepared.job = job
+            if prepared.expires_ms:
+                now_ms = server_now_ms(job)
+                if now_ms > prepared.expires_ms:
+                    return Outcome(False, prepared.task.name, (
+                        f"expired: not started by its deadline {utc_clock(prepared.expires_ms)} "
+                        f"({(now_ms - prepared.expires_ms) / 1000:.1f} s late); not run"), final=True)
         if isinstance(prepared, PreparedCall) and log.isEnabledFor(logging.DEBUG):
             log.debug("start %s job=%s queue=%s attempt=%d/%d", prepared.task.name, job.job_id,
                       job.queue, job.attempt, job.max_attempts)
@@ -185,7 +301,7 @@ def call(prepared: PreparedCall) -> Outcome:
     try:
         value = prepared.task.fn(**prepared.kwargs)
     except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
-        return crashed(prepared.task.name, exc, (perf_counter() - start) * 1000)
+        return classify(prepared, exc, (perf_counter() - start) * 1000)
     if value is None:  # most tasks: no result to encode (inlined, this is per job)
         return Outcome(True, prepared.task.name, duration_ms=(perf_counter() - start) * 1000)
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
@@ -197,7 +313,7 @@ async def call_async(prepared: PreparedCall) -> Outcome:
     try:
         value = await prepared.task.fn(**prepared.kwargs)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
-        return crashed(prepared.task.name, exc, (perf_counter() - start) * 1000)
+        return classify(prepared, exc, (perf_counter() - start) * 1000)
     # Other BaseExceptions (CancelledError, ...) end the asyncio Task; the runner's
     # done-callback reports them.
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
