@@ -239,3 +239,37 @@ def test_threads_timed_out_job_fails_at_once_is_not_renewed_and_keeps_its_slot(
         release.set()
         worker.stop()
         thread.join(10)
+
+
+def test_a_timed_out_run_follows_the_tasks_retry_policy(
+        redis_server: RedisServer, r: redis.Redis, client: OmniqClient) -> None:
+    """TimeLimitExceeded goes through the task's policy like any exception: listed in
+    dont_retry_for it fails at once; with retry_backoff the retry waits the exponential delay."""
+    from omniq_tasks.errors import TimeLimitExceeded
+
+    app = App("policy", redis_url=redis_server.url, queue="pq2", max_attempts=3, backoff_ms=0)
+    release = threading.Event()
+
+    @app.task(name="never_again", time_limit=0.3, dont_retry_for=(TimeLimitExceeded,))
+    def never_again() -> None:
+        release.wait(10)
+
+    @app.task(name="later", time_limit=0.3, retry_backoff=60, retry_jitter=False)
+    def later() -> None:
+        release.wait(10)
+
+    publish(client, "never_again", "never_again", queue="pq2", max_attempts=3)
+    publish(client, "later", "later", queue="pq2", max_attempts=3)
+    worker = Worker(app, concurrency=2, poll_interval_s=0.1, grace_s=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_states(r, {"never_again": "failed", "later": "delayed"}, queue="pq2", timeout=5)
+        assert job_hash(r, "never_again", "pq2")["attempt"] == "1"  # no retry
+        due = int(job_hash(r, "later", "pq2")["due_ms"])
+        now_s, now_us = r.time()
+        assert 55_000 <= due - (now_s * 1000 + now_us // 1000) <= 61_000  # 60 s, not backoff_ms=0
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(10)

@@ -38,10 +38,12 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .execution import PreparedCall, call, call_async, crashed, decode_leased
+import msgspec
+
+from .execution import PreparedCall, call, call_async, classify, crashed, decode_leased
 from .time_limits import (HARD_CANCEL, SoftAlarm, Watchdog, hard_error, interrupt_thread, limits_of,
                           soft_exception_type, soft_limited, soft_message)
-from ..errors import SoftTimeLimitExceeded
+from ..errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from ..outcome import Outcome
 from ..middleware import Hooks
 from ..protocol.models import ReservedJob
@@ -212,15 +214,27 @@ async def _limited_async(prepared: PreparedCall, run: _Run) -> Outcome:
 _RUNNING, _DONE, _TIMED_OUT = 0, 1, 2
 
 
+def timed_out(prepared: PreparedCall | None, task: str, error: str, ran_s: float) -> Outcome:
+    """A run ended by its hard limit: retried or failed as the task's policy says for
+    TimeLimitExceeded (dont_retry_for, exponential backoff), with ``error`` as last_error."""
+    outcome = Outcome(False, task, error, duration_ms=ran_s * 1000)
+    if prepared is None:
+        return outcome
+    verdict = classify(prepared, TimeLimitExceeded(error.partition(": ")[2]), ran_s * 1000)
+    return msgspec.structs.replace(verdict, error=error)
+
+
 class _Run:
     """A job running under a time limit, as its runner and the watchdog see it."""
 
-    __slots__ = ("job", "task", "started", "soft_s", "hard_s", "thread_id", "state", "soft_sent", "atask")
+    __slots__ = ("job", "task", "started", "soft_s", "hard_s", "thread_id", "state", "soft_sent", "atask",
+                 "prepared")
 
     def __init__(self, job: ReservedJob, task: str, soft_s: float | None, hard_s: float | None,
-                 thread_id: int | None) -> None:
+                 thread_id: int | None, prepared: PreparedCall | None = None) -> None:
         self.job = job
         self.task = task
+        self.prepared = prepared  # for the task's retry policy when the hard limit ends the run
         self.started = time.monotonic()
         self.soft_s = soft_s
         self.hard_s = hard_s
@@ -299,12 +313,13 @@ class ThreadRunner:
                         return
                     outcome = call(prepared)
                 elif prepared.task.is_async:
-                    run = _Run(job, task, soft, hard, None)
+                    run = _Run(job, task, soft, hard, None, prepared)
                     self._watch(run)
                     self._loop().submit(prepared, job, lambda j, o: self._ran_limited(run, o), run)
                     return
                 else:
-                    limited = self._call_limited(prepared, _Run(job, task, soft, hard, threading.get_ident()))
+                    limited = self._call_limited(
+                        prepared, _Run(job, task, soft, hard, threading.get_ident(), prepared))
                     if limited is None:  # reported at its hard limit; this late result is dropped
                         return
                     outcome = limited
@@ -367,7 +382,7 @@ class ThreadRunner:
             what = "its thread cannot be stopped: its slot stays taken until the body returns, its result is dropped"
         log.error("%s job=%s queue=%s passed its time_limit of %g s; failing it", run.task, run.job.job_id,
                   run.job.queue, run.hard_s)
-        self._report(run.job, Outcome(False, run.task, hard_error(run.hard_s, ran, what), duration_ms=ran * 1000))
+        self._report(run.job, timed_out(run.prepared, run.task, hard_error(run.hard_s, ran, what), ran))
         return None
 
     def _settle(self, run: _Run) -> bool:
