@@ -6,7 +6,8 @@ import importlib
 import os
 import sys
 import threading
-from typing import Any, Callable, Protocol, Sequence, TypeVar, overload
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar, overload
 
 import redis as redis_lib
 from redis.cluster import RedisCluster
@@ -18,7 +19,7 @@ from .protocol.client import OmniqClient
 from .protocol.connection import RedisClient, describe_redis
 from .context import JobContext
 from .protocol.keys import validate_queue
-from .middleware import Middleware
+from .middleware import Middleware, add_task_callbacks
 from .policy import LifeOptions, Policy
 from .registry import Registry
 from .results import JobHandle
@@ -64,9 +65,12 @@ class App:
         wake_cap: int = defaults.WAKE_CAP,
         middleware: Sequence[Middleware] = (),
         redis: RedisClient | None = None,
+        eager: bool = False,
         **life: Unpack[LifeOptions],
     ) -> None:
         self.name = name
+        # Eager mode (tests): publishing runs the task at once, here (omniq_tasks.eager).
+        self.eager = eager
         if redis is not None and not isinstance(redis, (redis_lib.Redis, RedisCluster)):
             raise TypeError(f"redis must be a redis.Redis or redis.cluster.RedisCluster, not {type(redis).__name__}")
         self._redis = redis
@@ -99,6 +103,16 @@ class App:
             raise TypeError(f"middleware must be an omniq_tasks.middleware.Middleware, "
                             f"not {type(middleware).__name__}")
         self.middleware.append(middleware)
+
+    @contextmanager
+    def eager_mode(self, eager: bool = True) -> Iterator[None]:
+        """Within the block, ``.delay()``/``.apply_async()``/``.map()`` run tasks at once, here
+        (docs/testing.md); the previous mode comes back after it."""
+        previous, self.eager = self.eager, eager
+        try:
+            yield
+        finally:
+            self.eager = previous
 
     @property
     def client(self) -> OmniqClient:
@@ -196,6 +210,7 @@ class App:
                 policy=self.policy.merged(**life),
             )
             self.registry.add(task)
+            add_task_callbacks(self, task)  # its on_success/on_failure/on_retry, if any
             return task
 
         if fn is not None:

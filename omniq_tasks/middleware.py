@@ -10,6 +10,8 @@ name and the job goes on as if the hook had done nothing.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import msgspec
@@ -148,3 +150,133 @@ def run_before_publish(app: App, task: Task[Any, Any], spec: JobSpec) -> None:
             hook(app, task, spec)
         except Exception:  # not BaseException: Ctrl-C while publishing must still stop the caller
             _log_failed(hook)
+
+
+# -- the built-in middleware: each task's on_success / on_failure / on_retry ------------------
+
+
+class JobView(msgspec.Struct, frozen=True):
+    """The job a task callback is called for (read-only).
+
+    ``attempt`` is the run that just ended (1 for the first); ``args`` and
+    ``kwargs`` are the call's arguments as JSON decodes them (our publisher sends
+    every argument by name, in ``kwargs``; a raw task's payload is ``args[0]``).
+    """
+
+    id: str
+    queue: str
+    task: str
+    attempt: int
+    max_attempts: int
+    gid: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def job_view(job: ReservedJob, task: str) -> JobView:
+    """The JobView of a leased job (arguments left empty when its payload does not decode)."""
+    from .envelope import read_envelope
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    try:
+        envelope = read_envelope(job.payload)
+        if envelope is None:
+            args = (msgspec.json.decode(job.payload),)
+        else:
+            args = tuple(msgspec.json.decode(envelope.args)) if envelope.args else ()
+            kwargs = dict(msgspec.json.decode(envelope.kwargs)) if envelope.kwargs else {}
+    except Exception:
+        pass
+    return JobView(job.job_id, job.queue, task, job.attempt, job.max_attempts, job.gid, args, kwargs)
+
+
+# The longest on_worker_stop waits for callbacks still queued.
+CALLBACK_FLUSH_S = 10.0
+_FLUSH = object()
+
+
+class TaskCallbacks(Middleware):
+    """Calls a task's ``on_success(job, result)``, ``on_retry(job, error)`` and
+    ``on_failure(job, error)`` (from its Policy) once the job's ack says which happened.
+
+    ``job`` is a :class:`JobView`; ``result`` the return value (decoded to the
+    task's return annotation when it fits, else plain JSON; None when it returned
+    None or its value could not be kept); ``error`` the failure's text, as kept in
+    the job's ``last_error`` (``Type: message`` then the last traceback frames).
+    A job whose ack was lost or failed calls nothing (it runs again).
+
+    The App adds one when it registers a task with a callback. Callbacks run in
+    one thread of their own, in ack order, so a slow callback never slows the
+    worker's loop; ``on_worker_stop`` waits up to CALLBACK_FLUSH_S for those still
+    queued. A callback that raises is logged (``omniq_tasks.middleware``) and
+    changes nothing: the job is acked already.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def after_ack(self, job: ReservedJob, outcome: Outcome, result: AckResult) -> None:
+        if not outcome.task or result.status in ("lost", "error"):
+            return
+        task = self.app.registry.get(outcome.task)
+        if task is None:
+            return
+        policy = task.policy
+        callback = (policy.on_success if result.status == "completed"
+                    else policy.on_retry if result.status == "retry" else policy.on_failure)
+        if callback is not None:
+            self._start()
+            self._inbox.put((callback, task, job, outcome, result))
+
+    def on_worker_stop(self, worker: Worker) -> None:
+        if not self.flush(CALLBACK_FLUSH_S):
+            log.warning("task callbacks still running after %.0f s; not waiting for them", CALLBACK_FLUSH_S)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every callback queued so far has run; False if ``timeout`` (seconds) ran out."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._inbox.put((_FLUSH, done))
+        return done.wait(timeout)
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="omniq-callbacks", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item[0] is _FLUSH:
+                item[1].set()
+                continue
+            callback, task, job, outcome, result = item
+            try:
+                view = job_view(job, task.name)
+                if result.status == "completed":
+                    from .eager import result_value  # (tasks layer, imported late: no cycle)
+
+                    callback(view, result_value(task, outcome.result))
+                else:
+                    callback(view, outcome.error)
+            except BaseException:
+                try:
+                    log.exception("task %s: callback %s for job=%s raised; ignored (the job is acked)",
+                                  task.name, getattr(callback, "__qualname__", repr(callback)), job.job_id)
+                except BaseException:
+                    pass
+
+
+def add_task_callbacks(app: App, task: Task[Any, Any]) -> None:
+    """Give ``app`` its TaskCallbacks middleware when ``task`` has a callback (once per app)."""
+    policy = task.policy
+    if (policy.on_success or policy.on_failure or policy.on_retry) and not any(
+            isinstance(mw, TaskCallbacks) for mw in app.middleware):
+        app.middleware.append(TaskCallbacks(app))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 import typing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypedDict, TypeVar, Union
@@ -20,6 +21,7 @@ from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
 from .policy import Policy
 from .results import JobHandle
+from .eager import EagerHandle, run_eager
 
 if TYPE_CHECKING:
     from .app import App
@@ -189,6 +191,8 @@ class Task(Generic[P, R]):
     def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Queue a run with these arguments; returns its handle."""
         payload, gid = self._encode(args, kwargs, self._policy_expires_ms())
+        if self.app.eager:  # run here, now (docs/testing.md)
+            return run_eager(self, self.queue, new_job_id(), payload)
         return self._publish(self.queue, self._own_spec(new_job_id(), payload, gid))
 
     def apply_at(self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
@@ -215,19 +219,22 @@ class Task(Generic[P, R]):
         if expires is not None and self.raw:
             raise InvalidOptionError(f"raw task {self.name}: expires needs a task envelope (a raw payload has no meta)")
         spec = self.encode_call(
-            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, self._server_now_ms),
-            expires_ms=_expires_ms(expires, None if self.raw else self.policy.expires, self._server_now_ms),
+            tuple(args), kwargs or {}, due_ms=_due_ms(countdown, eta, self._now_ms),
+            expires_ms=_expires_ms(expires, None if self.raw else self.policy.expires, self._now_ms),
             **options)
+        if self.app.eager:  # run here, now (docs/testing.md)
+            return run_eager(self, target, spec.job_id, spec.payload)
         return self._publish(target, spec)
 
     def _policy_expires_ms(self) -> int:
         """The deadline ``policy.expires`` gives a job published now (0: none, or a raw task)."""
         if self.policy.expires is None or self.raw:
             return 0
-        return _expires_ms(None, self.policy.expires, self._server_now_ms)
+        return _expires_ms(None, self.policy.expires, self._now_ms)
 
-    def _server_now_ms(self) -> int:
-        return self.app.client.server_now_ms()
+    def _now_ms(self) -> int:
+        """Now on the Redis server's clock (this machine's in eager mode: no Redis)."""
+        return int(time.time() * 1000) if self.app.eager else self.app.client.server_now_ms()
 
     def _publish(self, queue: str, spec: JobSpec) -> JobHandle:
         if self.app.middleware:
@@ -265,6 +272,8 @@ class Task(Generic[P, R]):
             else:
                 payload, gid = self._encode((item,), {}, expires_ms)
             specs.append(self._own_spec(job_id, payload, gid))
+        if self.app.eager:  # run each here, now, in order (docs/testing.md)
+            return [run_eager(self, target, spec.job_id, spec.payload) for spec in specs]
         if self.app.middleware:  # after every item is checked: a refused item publishes nothing
             for spec in specs:
                 run_before_publish(self.app, self, spec)

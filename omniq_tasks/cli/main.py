@@ -50,10 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--embedded", action="store_true",
                        help=f"use the embedded server in {EMBEDDED_URL[len('embedded://'):]} "
                             f"(the same as --redis-url {EMBEDDED_URL}), started if not running")
-    worker.add_argument("--log-level", default="INFO",
+    worker.add_argument("--log-level", default=None,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                         help="INFO: start, stop, failures, retries and a summary a minute; "
-                             "DEBUG adds one line per job start and end (default INFO)")
+                             "DEBUG adds one line per job start and end (default INFO; an app "
+                             "that set up logging itself keeps its levels unless this is given)")
+    worker.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text lines, or one JSON object per line (time, level, logger, message, "
+                             "job_id, task, attempt); only when the app did not set up logging itself")
     demo = commands.add_parser(
         "demo", help="a few seconds of the framework at work, on a throwaway embedded server",
         description="Publish 300 typed emails in per-company FIFO groups (at most two at once), "
@@ -71,22 +75,31 @@ def run_worker(args: argparse.Namespace) -> int:
     from ..protocol.urls import redact_text
     from ..worker.loop import Worker
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The format uses no caller, thread or process fields: skip collecting them
-    # (the logging HOWTO's "Optimization" section).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    from ..logcontext import JsonFormatter, TextFormatter, install_filter
+
     try:
-        app = load_app(args.app)
+        app = load_app(args.app)  # first: the app's module may set up logging itself
     except Exception as exc:  # anything the user's module raises on import
         detail = exc if isinstance(exc, (ImportError, ValueError)) else f"{type(exc).__name__}: {exc}"
         print(f"omniq-tasks: cannot load app {args.app!r}: {redact_text(str(detail))}", file=sys.stderr)
         if args.log_level == "DEBUG":
             traceback.print_exc()
         return 2
+    root = logging.getLogger()
+    if not root.handlers:  # the app left logging to us
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if args.log_format == "json" else TextFormatter())
+        root.addHandler(handler)
+        root.setLevel(args.log_level or "INFO")
+        # Our formats use no caller, thread or process fields: skip collecting them
+        # (the logging HOWTO's "Optimization" section).
+        logging._srcfile = None
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
+    elif args.log_level:  # the app's own setup stays; only the level asked for is set
+        root.setLevel(args.log_level)
+    install_filter(root)  # job_id, task_name, attempt on every record, the app's own loggers too
     if args.embedded or args.redis_url:
         app.close()  # in case the module already used the app's own URL
         app.redis_url = EMBEDDED_URL if args.embedded else args.redis_url

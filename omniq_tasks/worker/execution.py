@@ -39,6 +39,7 @@ from ..errors import Retry
 from ..outcome import Outcome
 from ..context import JobContext
 from ..envelope import read_envelope
+from ..logcontext import JobLogContext, current_job
 
 if TYPE_CHECKING:
     from ..app import App
@@ -69,7 +70,7 @@ _encode_result = msgspec.json.Encoder().encode
 class PreparedCall:
     """A decoded job, ready to call: the task and its keyword arguments."""
 
-    __slots__ = ("task", "kwargs", "expires_ms", "job")
+    __slots__ = ("task", "kwargs", "log_context", "expires_ms", "job")
 
     def __init__(self, task: Task[Any, Any], kwargs: dict[str, Any], expires_ms: int = 0) -> None:
         self.task = task
@@ -78,6 +79,8 @@ class PreparedCall:
         # (None outside a worker: attempt 1, this machine's clock)
         self.expires_ms = expires_ms
         self.job: ReservedJob | None = None
+        # set as logcontext.current_job while the body runs (decode_leased fills it)
+        self.log_context: JobLogContext | None = None
 
 
 def server_now_ms(job: ReservedJob | None) -> int:
@@ -225,6 +228,7 @@ def decode_leased(app: App, job: ReservedJob) -> PreparedCall | Outcome:
     try:
         prepared = decode_job(app.registry, job.queue, job.payload, job_context(app, job))
         if isinstance(prepared, PreparedCall):
+            prepared.log_context = JobLogContext(job.job_id, prepared.task.name, job.attempt, job.queue)
             prepared.job = job
             if prepared.expires_ms:
                 now_ms = server_now_ms(job)
@@ -298,10 +302,13 @@ def describe_exception(exc: BaseException) -> str:
 def call(prepared: PreparedCall) -> Outcome:
     """Run a prepared synchronous task."""
     start = perf_counter()
+    token = current_job.set(prepared.log_context)  # log records made in the body name the job
     try:
         value = prepared.task.fn(**prepared.kwargs)
     except BaseException as exc:  # SystemExit too: uncaught, it would end the runner thread unacked
         return classify(prepared, exc, (perf_counter() - start) * 1000)
+    finally:
+        current_job.reset(token)
     if value is None:  # most tasks: no result to encode (inlined, this is per job)
         return Outcome(True, prepared.task.name, duration_ms=(perf_counter() - start) * 1000)
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
@@ -310,10 +317,13 @@ def call(prepared: PreparedCall) -> Outcome:
 async def call_async(prepared: PreparedCall) -> Outcome:
     """Run a prepared ``async def`` task."""
     start = perf_counter()
+    token = current_job.set(prepared.log_context)  # this asyncio Task's own context
     try:
         value = await prepared.task.fn(**prepared.kwargs)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
         return classify(prepared, exc, (perf_counter() - start) * 1000)
+    finally:
+        current_job.reset(token)
     # Other BaseExceptions (CancelledError, ...) end the asyncio Task; the runner's
     # done-callback reports them.
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)

@@ -1,0 +1,146 @@
+"""Eager mode: ``.delay()``, ``.apply_async()`` and ``.map()`` run the task at once, here.
+
+For unit tests of code that publishes tasks (docs/testing.md): with
+``app.eager = True`` (or ``App(..., eager=True)``, or ``with app.eager_mode():``)
+a publish checks and encodes the call exactly as a real one, decodes that JSON
+back as a worker would (so an argument the worker would refuse or receive
+changed fails here too), runs the body once in this thread (``async def``
+tasks on a fresh event loop) and returns an :class:`EagerHandle` holding the
+outcome. Nothing touches Redis, unless the task itself does (a ``JobContext``
+parameter gets a context with the call's job id and the App's client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .context import JobContext
+from .envelope import read_envelope
+from .errors import PayloadError, TaskFailed
+from .results import JobHandle, JobStatus, result_decoder
+
+if TYPE_CHECKING:
+    from .protocol.models import JobInfo
+    from .task import Task
+
+log = logging.getLogger("omniq_tasks.eager")
+
+
+def result_value(task: Task[Any, Any] | None, data: bytes) -> Any:
+    """A return value kept as JSON, decoded to the task's return annotation when it fits
+    (a Struct comes back a Struct), else as plain JSON; ``b""`` is None."""
+    if not data:
+        return None
+    if task is not None:
+        try:
+            return result_decoder(task)[1].decode(data)
+        except Exception:  # a value that does not fit its annotation
+            pass
+    return msgspec.json.decode(data)
+
+
+class EagerHandle(JobHandle):
+    """What an eager publish returns: a ``JobHandle`` whose reading methods are answered
+    from the run that already happened (``info()`` is None: there is no job hash)."""
+
+    __slots__ = ("_ok", "_value", "_error", "_exception")
+
+    def __init__(self, task: Task[Any, Any], queue: str, job_id: str, *, ok: bool, value: Any = None,
+                 error: str = "", exception: BaseException | None = None) -> None:
+        # No super().__init__: no client (making one may start an embedded:// server).
+        self.id = job_id
+        self.queue = queue
+        self.existed = False
+        self.task = task
+        self._ok = ok
+        self._value = value
+        self._error = error
+        self._exception = exception
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The return value, round-tripped through JSON and decoded as ``JobHandle.get()``
+        decodes a stored one; raises :class:`~omniq_tasks.errors.TaskFailed` if the body
+        raised (``__cause__`` is that exception), PayloadError if the value does not fit
+        the return annotation. ``timeout`` is accepted and unused."""
+        if not self._ok:
+            raise TaskFailed(self.id, self.queue, self.task.name if self.task else "", self._error) \
+                from self._exception
+        if isinstance(self._exception, PayloadError):
+            raise self._exception
+        return self._value
+
+    def status(self) -> JobStatus:
+        return JobStatus.COMPLETED if self._ok else JobStatus.FAILED
+
+    def ready(self) -> bool:
+        """Always True: the run is over."""
+        return True
+
+    def successful(self) -> bool:
+        return self._ok
+
+    def failed(self) -> bool:
+        return not self._ok
+
+    def info(self) -> JobInfo | None:
+        """None: an eager job has no job hash."""
+        return None
+
+    def forget(self) -> bool:
+        """False: nothing is kept in Redis."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"EagerHandle(id={self.id!r}, queue={self.queue!r}, status={'completed' if self._ok else 'failed'!r})"
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    return f"{type(exc).__qualname__}: {message}".split("\n", 1)[0]
+
+
+def run_eager(task: Task[Any, Any], queue: str, job_id: str, payload: bytes) -> EagerHandle:
+    """Decode ``payload`` as a worker would, run ``task``'s body once here, keep the outcome.
+
+    Raises TaskArgumentError when the payload does not decode back to the call
+    (what a worker would fail as "invalid arguments").
+    """
+    envelope = read_envelope(payload)
+    if envelope is None:  # a raw task: its one parameter gets the payload
+        assert task.raw_decoder is not None
+        kwargs: dict[str, Any] = {task.codec.params[0]: task.raw_decoder.decode(payload)}
+    else:
+        decoded = task.codec.decode_parts(bytes(envelope.args), bytes(envelope.kwargs))
+        kwargs = task.codec.call_kwargs(decoded)
+    if task.codec.context_param is not None:
+        kwargs[task.codec.context_param] = JobContext(
+            task.app.client, queue=queue, job_id=job_id, attempt=1, max_attempts=task.max_attempts,
+            gid="", lease_token="", lock_until_ms=0, payload_raw=payload.decode("utf-8", "replace"))
+    try:
+        if task.is_async:
+            value = asyncio.run(task.fn(**kwargs))
+        else:
+            value = task.fn(**kwargs)
+    except Exception as exc:
+        return EagerHandle(task, queue, job_id, ok=False, error=_exception_text(exc), exception=exc)
+    try:  # what a worker keeps is JSON: the caller gets what JSON gives back
+        data = msgspec.json.encode(value) if value is not None else b""
+    except Exception as exc:  # as in a worker: the run succeeded, its result is not kept
+        log.warning("task %s returned a %s that cannot be encoded as JSON; result not kept: %s",
+                    task.name, type(value).__name__, _exception_text(exc))
+        data = b""
+    if not data:
+        return EagerHandle(task, queue, job_id, ok=True)
+    annotation, decoder = result_decoder(task)
+    try:
+        return EagerHandle(task, queue, job_id, ok=True, value=decoder.decode(data))
+    except msgspec.ValidationError as exc:  # what JobHandle.get() would raise
+        return EagerHandle(task, queue, job_id, ok=True, exception=PayloadError(
+            f"the result of job {job_id} does not fit {task.name}'s return annotation {annotation!r}: {exc}"))
