@@ -84,7 +84,6 @@ class Exchanger:
         self.registry = registry
         self.result_ttls: dict[str, int] = {}
 
-
     def busy(self) -> bool:
         """Something is still to be sent or resent."""
         return bool(self.unsent or self.corrupt or self.pending)
