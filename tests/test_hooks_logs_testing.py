@@ -223,8 +223,9 @@ def test_the_cli_keeps_an_apps_own_logging_setup(r: redis.Redis, redis_server: R
     assert f"APPFMT WARNING clilog.tasks job={job_id}: spoken 5" in err
 
 
-def test_the_cli_json_log_format(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:
-    job_id, err = cli_drain(tmp_path, redis_server.url, "", "--log-format", "json")
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_the_cli_json_log_format(r: redis.Redis, redis_server: RedisServer, tmp_path: Path, pool: str) -> None:
+    job_id, err = cli_drain(tmp_path, redis_server.url, "", "--log-format", "json", "--pool", pool, "-c", "1")
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
     spoken = [line for line in lines if line["logger"] == "clilog.tasks"]
     assert len(spoken) == 1
@@ -233,8 +234,10 @@ def test_the_cli_json_log_format(r: redis.Redis, redis_server: RedisServer, tmp_
     assert any(line["logger"] == "omniq_tasks.worker" and "job_id" not in line for line in lines)
 
 
-def test_the_cli_text_format_names_the_job(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:
-    job_id, err = cli_drain(tmp_path, redis_server.url, "")
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_the_cli_text_format_names_the_job(r: redis.Redis, redis_server: RedisServer, tmp_path: Path,
+                                           pool: str) -> None:
+    job_id, err = cli_drain(tmp_path, redis_server.url, "", "--pool", pool, "-c", "1")
     assert f"WARNING clilog.tasks: spoken 5 [task=cliapp.speak job={job_id} attempt=1]" in err
     assert "INFO omniq_tasks.worker: worker for app clilog" in err
 

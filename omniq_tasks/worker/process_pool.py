@@ -52,6 +52,7 @@ import msgspec
 
 from .execution import crashed, exception_line
 from .time_limits import hard_error
+from ..logcontext import JsonFormatter, TextFormatter
 from ..outcome import Outcome
 from ..protocol.models import ReservedJob
 
@@ -100,12 +101,19 @@ _decode_message = msgspec.msgpack.Decoder(_ChildMessage).decode
 # -- the child ---------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str | None) -> None:
+def _child_main(conn: Connection, app_path: str, log_level: int, log_format: str | None,
+                log_kind: str = "plain") -> None:
     """A child's whole life: load the app, then run the jobs the parent sends until its pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    # A spawned child starts with no logging set up: log like the parent, to the
-    # same inherited stderr.
+    # A spawned child starts with no logging set up: log like the parent (the same
+    # format or JSON, the job fields on every record), to the same inherited stderr.
     logging.basicConfig(level=log_level, format=log_format or logging.BASIC_FORMAT)
+    from ..logcontext import JsonFormatter, TextFormatter, install_filter
+
+    if log_kind != "plain":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter() if log_kind == "json" else TextFormatter(log_format or ""))
+    install_filter()
     from ..app import load_app
 
     try:
@@ -176,7 +184,9 @@ class ProcessRunner:
         self._on_done = on_done
         root = logging.getLogger()
         formatter = root.handlers[0].formatter if root.handlers else None
-        self._child_args = (app_path, log.getEffectiveLevel(), formatter._fmt if formatter else None)
+        kind = ("json" if isinstance(formatter, JsonFormatter) else
+                "text" if isinstance(formatter, TextFormatter) else "plain")
+        self._child_args = (app_path, log.getEffectiveLevel(), formatter._fmt if formatter else None, kind)
         self._context = get_context("spawn")
         self._children: list[_Child] = []
         self._pending: collections.deque[ReservedJob] = collections.deque()
