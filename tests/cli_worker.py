@@ -59,6 +59,18 @@ class CliWorker:
         self._log.close()
 
 
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """True once ``pid`` no longer exists (within ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, worker: CliWorker | None = None,
              what: str = "condition") -> Any:
     """``predicate()``'s first truthy value within ``timeout`` s, else an AssertionError with the log."""

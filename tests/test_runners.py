@@ -31,7 +31,7 @@ from omniq_tasks.envelope import build_envelope
 from omniq_tasks.outcome import Outcome
 from omniq_tasks.worker.process_pool import ProcessRunner
 from omniq_tasks.worker.runners import ThreadRunner
-from cli_worker import CliWorker
+from cli_worker import CliWorker, gone
 from redis_server import RedisServer
 from runner_apps import poison
 
@@ -101,18 +101,6 @@ def wait_note(path: Path, tag: str, timeout: float = 15.0) -> int:
         if time.monotonic() > deadline:
             raise AssertionError(f"{tag!r} never noted in {path}: {notes(path)}")
         time.sleep(0.02)
-
-
-def gone(pid: int, timeout: float = 5.0) -> bool:
-    """True once ``pid`` no longer exists (our children are reaped by the pool)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # -- what every runner must survive ------------------------------------------------------------

@@ -16,7 +16,6 @@ Tasks live in tests/runner_apps/limits.py (App time_limit 1 s).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import redis
 from omniq_tasks import App, OmniqClient
 from omniq_tasks.envelope import build_envelope
 from omniq_tasks.worker import Worker
-from cli_worker import CliWorker
+from cli_worker import CliWorker, gone
 from redis_server import RedisServer
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -72,17 +71,6 @@ def wait_states(r: redis.Redis, wanted: dict[str, str], worker: CliWorker | None
             log = worker.log()[-4000:] if worker else ""
             raise AssertionError(f"states {now}, wanted {wanted}\nworker log:\n{log}")
         time.sleep(0.02)
-
-
-def gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture()

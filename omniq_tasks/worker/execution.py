@@ -323,7 +323,10 @@ async def call_async(prepared: PreparedCall) -> Outcome:
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # those two would stop the loop
         return classify(prepared, exc, (perf_counter() - start) * 1000)
     finally:
-        current_job.reset(token)
+        try:
+            current_job.reset(token)
+        except ValueError:  # closed outside its asyncio Task (by the garbage collector): nothing to undo
+            pass
     # Other BaseExceptions (CancelledError, ...) end the asyncio Task; the runner's
     # done-callback reports them.
     return succeeded(prepared.task.name, value, (perf_counter() - start) * 1000)
