@@ -17,6 +17,10 @@ TIMEOUT_MS = 30_000
 BACKOFF_MS = 5_000
 QUEUE = "default"
 
+# The last millisecond of year 9999: later due times are surely mistakes (and beyond
+# 2**53 the scripts' Lua numbers would lose precision).
+MAX_DUE_MS = 253_402_300_799_999
+
 # -- connection -------------------------------------------------------------------
 REDIS_URL = "redis://localhost:6379/0"
 REDIS_URL_ENV = "OMNIQ_TASKS_REDIS_URL"

@@ -21,26 +21,13 @@ import msgspec
 from .context import JobContext
 from .envelope import read_envelope
 from .errors import PayloadError, TaskFailed
-from .results import JobHandle, JobStatus, result_decoder
+from .results import JobHandle, JobStatus, decode_result
 
 if TYPE_CHECKING:
     from .protocol.models import JobInfo
     from .task import Task
 
 log = logging.getLogger("omniq_tasks.eager")
-
-
-def result_value(task: Task[Any, Any] | None, data: bytes) -> Any:
-    """A return value kept as JSON, decoded to the task's return annotation when it fits
-    (a Struct comes back a Struct), else as plain JSON; ``b""`` is None."""
-    if not data:
-        return None
-    if task is not None:
-        try:
-            return result_decoder(task)[1].decode(data)
-        except Exception:  # a value that does not fit its annotation
-            pass
-    return msgspec.json.decode(data)
 
 
 class EagerHandle(JobHandle):
@@ -138,9 +125,7 @@ def run_eager(task: Task[Any, Any], queue: str, job_id: str, payload: bytes) -> 
         data = b""
     if not data:
         return EagerHandle(task, queue, job_id, ok=True)
-    annotation, decoder = result_decoder(task)
     try:
-        return EagerHandle(task, queue, job_id, ok=True, value=decoder.decode(data))
-    except msgspec.ValidationError as exc:  # what JobHandle.get() would raise
-        return EagerHandle(task, queue, job_id, ok=True, exception=PayloadError(
-            f"the result of job {job_id} does not fit {task.name}'s return annotation {annotation!r}: {exc}"))
+        return EagerHandle(task, queue, job_id, ok=True, value=decode_result(task, data, job_id))
+    except PayloadError as exc:  # what JobHandle.get() would raise
+        return EagerHandle(task, queue, job_id, ok=True, exception=exc)

@@ -261,7 +261,7 @@ class TaskCallbacks(Middleware):
             try:
                 view = job_view(job, task.name)
                 if result.status == "completed":
-                    from .eager import result_value  # (tasks layer, imported late: no cycle)
+                    from .results import result_value  # (tasks layer, imported late: no cycle)
 
                     callback(view, result_value(task, outcome.result))
                 else:

@@ -66,6 +66,30 @@ def result_decoder(task: Task[Any, Any]) -> tuple[Any, msgspec.json.Decoder[Any]
     return annotation, msgspec.json.Decoder(annotation)
 
 
+def decode_result(task: Task[Any, Any] | None, data: bytes, job_id: str) -> Any:
+    """A kept return value decoded to ``task``'s return annotation (plain JSON without
+    a task); PayloadError when it does not fit the annotation."""
+    if task is None:
+        return msgspec.json.decode(data)
+    annotation, decoder = result_decoder(task)
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"the result of job {job_id} does not fit {task.name}'s return "
+                           f"annotation {annotation!r}: {exc}") from None
+
+
+def result_value(task: Task[Any, Any] | None, data: bytes) -> Any:
+    """A kept return value decoded to the task's return annotation when it fits (a
+    Struct comes back a Struct), else as plain JSON; ``b""`` is None."""
+    if not data:
+        return None
+    try:
+        return decode_result(task, data, "")
+    except PayloadError:  # a value that does not fit its annotation
+        return msgspec.json.decode(data)
+
+
 class JobHandle:
     """A published job. ``existed`` is True when the id was already queued.
 
@@ -161,14 +185,7 @@ class JobHandle:
             raise ResultTooLargeError(
                 f"job {self.id} (queue {self.queue}) returned {size} bytes of JSON, over the "
                 f"payload limit of {limit}; the value was not stored")
-        if self.task is None:
-            return msgspec.json.decode(data)
-        annotation, decoder = result_decoder(self.task)
-        try:
-            return decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            raise PayloadError(f"the stored result of job {self.id} does not fit {self.task.name}'s return "
-                               f"annotation {annotation!r}: {exc}") from None
+        return decode_result(self.task, data, self.id)
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r}, queue={self.queue!r})"

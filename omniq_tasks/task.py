@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypedDict, T
 import msgspec
 from typing_extensions import ParamSpec, Unpack
 
+from .defaults import MAX_DUE_MS
 from .arguments import ArgumentCodec, check_same, describe_decode_error, encode_checked
 from .protocol.client import JobSpec, job_spec
 from .context import JobContext
@@ -21,7 +22,7 @@ from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
 from .policy import Policy
 from .results import JobHandle
-from .eager import EagerHandle, run_eager
+from .eager import run_eager
 
 if TYPE_CHECKING:
     from .app import App
@@ -43,11 +44,6 @@ class CallOptions(TypedDict, total=False):
     backoff_ms: int | None
 
 
-# The last millisecond of year 9999: later due times are surely mistakes (and
-# beyond 2**53 the scripts' Lua numbers would lose precision).
-_MAX_DUE_MS = 253_402_300_799_999
-
-
 def _due_ms(countdown: float | None, eta: datetime | float | None, server_now_ms: Callable[[], int]) -> int:
     """Epoch ms for countdown (seconds from now) or eta (aware datetime or epoch seconds).
 
@@ -61,7 +57,7 @@ def _due_ms(countdown: float | None, eta: datetime | float | None, server_now_ms
             raise InvalidOptionError(f"countdown must be seconds (int or float), not {type(countdown).__name__}")
         if not countdown >= 0:  # NaN fails this too
             raise InvalidOptionError(f"countdown must be >= 0 seconds, got {countdown}")
-        if not countdown <= _MAX_DUE_MS / 1000:  # refused before Redis is asked the time
+        if not countdown <= MAX_DUE_MS / 1000:  # refused before Redis is asked the time
             raise InvalidOptionError(f"countdown={countdown!r} is not a time between 1970 and year 9999")
         return _checked_due("countdown", countdown, server_now_ms() / 1000 + countdown)
     if eta is None:
@@ -93,13 +89,13 @@ def _expires_ms(expires: datetime | float | None, default_s: float | None,
     if isinstance(expires, bool) or not isinstance(expires, (int, float)):
         raise InvalidOptionError(f"expires must be seconds (int or float) or an aware datetime, "
                                  f"not {type(expires).__name__}")
-    if not 0 < expires <= _MAX_DUE_MS / 1000:  # NaN fails this too
+    if not 0 < expires <= MAX_DUE_MS / 1000:  # NaN fails this too
         raise InvalidOptionError(f"expires must be a number of seconds above 0, got {expires!r}")
     return _checked_due("expires", expires, now_ms() / 1000 + expires)
 
 
 def _checked_due(name: str, given: object, epoch_s: float) -> int:
-    if not 0 <= epoch_s <= _MAX_DUE_MS / 1000:  # also refuses NaN and infinities
+    if not 0 <= epoch_s <= MAX_DUE_MS / 1000:  # also refuses NaN and infinities
         raise InvalidOptionError(f"{name}={given!r} is not a time between 1970 and year 9999")
     return int(epoch_s * 1000)
 

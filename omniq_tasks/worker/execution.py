@@ -29,12 +29,12 @@ import random
 import time
 import traceback
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
 from ..arguments import TaskArgumentError
-from ..defaults import MAX_ERROR_BYTES
+from ..defaults import MAX_DUE_MS, MAX_ERROR_BYTES
 from ..errors import Retry
 from ..outcome import Outcome
 from ..context import JobContext
@@ -106,8 +106,6 @@ def utc_clock(epoch_ms: int) -> str:
         return f"{epoch_ms} ms"
 
 
-# Due times past year 9999 would lose precision in the scripts' numbers.
-_MAX_DUE_MS = 253_402_300_799_999
 
 
 def backoff_at_ms(prepared: PreparedCall, now_ms: int) -> int | None:
@@ -126,7 +124,7 @@ def backoff_at_ms(prepared: PreparedCall, now_ms: int) -> int | None:
     delay_ms = min(base_ms * 2.0 ** min(max(attempt - 1, 0), 64), policy.retry_backoff_max * 1000)
     if policy.retry_jitter:
         delay_ms = random.uniform(0, delay_ms)
-    return min(max(now_ms + int(delay_ms), 1), _MAX_DUE_MS)
+    return min(max(now_ms + int(delay_ms), 1), MAX_DUE_MS)
 
 
 def _retry_requested_at(retry: Retry, prepared: PreparedCall, now_ms: int) -> int | None:
@@ -138,7 +136,7 @@ def _retry_requested_at(retry: Retry, prepared: PreparedCall, now_ms: int) -> in
         due = float(retry.eta) * 1000
     else:
         return backoff_at_ms(prepared, now_ms)
-    return min(max(int(due), 1), _MAX_DUE_MS)
+    return min(max(int(due), 1), MAX_DUE_MS)
 
 
 def is_permanent(exc: BaseException, autoretry_for: tuple[type[BaseException], ...],
