@@ -75,7 +75,12 @@ class JobContext:
         self._client.childs_init(key, expected)
 
     def child_ack(self, key: str, child_id: str | None = None) -> int:
-        """Count this job (or ``child_id``) as a finished child; returns how many remain."""
+        """Count this job (or ``child_id``) as a finished child; returns how many remain.
+
+        0 is returned exactly once per counter, to the ack that completes it (a retried
+        child acking again does not count twice). After that the counter is gone and
+        this raises ``NoCounterError`` (as for a counter never started).
+        """
         return self._client.child_ack(key, child_id or self.job_id)
 
     def __repr__(self) -> str:

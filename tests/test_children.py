@@ -66,11 +66,21 @@ def test_child_ack_counts_down_to_zero_and_deletes_the_keys(client: OmniqClient,
     assert client.child_ack("batch-1", "b") == 1
     assert client.child_ack("batch-1", "c") == 0
 
-    assert not r.exists(COUNT) and not r.exists(DONE)
-    assert r.ttl("{cc:batch-1}:closed") > 0  # extension marker: answers 0 from now on
-    assert client.child_ack("batch-1", "d") == 0  # later acks answer 0
-    assert client.child_ack("batch-1", "a") == 0
-    assert not r.exists(COUNT) and not r.exists(DONE)
+    assert r.dbsize() == 0  # count and done deleted, and no other key left behind
+
+
+def test_after_zero_every_ack_is_no_counter(client: OmniqClient, r) -> None:
+    """0 is answered once per counter: the counter is gone after it, so a new child, a
+    child already counted and the last child again (a retried job) all get NO_COUNTER."""
+    client.childs_init("batch-1", 2)
+    assert client.child_ack("batch-1", "a") == 1
+    assert client.child_ack("batch-1", "b") == 0
+    for child in ("c", "a", "b"):
+        with pytest.raises(NoCounterError) as info:
+            client.child_ack("batch-1", child)
+        assert info.value.reason == "NO_COUNTER"
+    assert client.scripts["child_ack"](keys=[ANCHOR], args=["b"]) == [b"ERR", b"NO_COUNTER"]
+    assert r.dbsize() == 0
 
 
 def test_child_ack_is_idempotent_per_child(client: OmniqClient, r) -> None:
@@ -86,7 +96,7 @@ def test_a_finished_counter_can_start_again(client: OmniqClient, r) -> None:
     client.childs_init("batch-1", 1)
     assert client.child_ack("batch-1", "a") == 0
     client.childs_init("batch-1", 2)
-    assert r.get(COUNT) == "2"
+    assert r.get(COUNT) == "2" and sorted(r.keys("*")) == [COUNT]
     assert client.child_ack("batch-1", "a") == 1  # a new round: "a" counts again
 
 
@@ -98,7 +108,7 @@ def test_zero_is_reached_exactly_once_under_concurrency(client: OmniqClient, r) 
         remaining = list(pool.map(lambda i: client.child_ack("batch-1", f"c{i}"), range(n)))
 
     assert sorted(remaining) == list(range(n))  # every value once: 0 exactly once
-    assert not r.exists(COUNT) and not r.exists(DONE)
+    assert r.dbsize() == 0
 
 
 def test_duplicate_acks_racing_never_count_twice(client: OmniqClient, r) -> None:

@@ -9,6 +9,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from omniq_tasks import OmniqClient
+from omniq_tasks.errors import NoCounterError
 from omniq_tasks.protocol.models import AckFailResult, BatchItem, QueuePaused, ReservedJob
 
 pytestmark = pytest.mark.cluster
@@ -91,7 +92,11 @@ def test_child_counters_on_the_cluster(cc: OmniqClient) -> None:
         assert cc.child_ack(key, "a") == 1
         assert cc.child_ack(key, "a") == 1
         assert cc.child_ack(key, "b") == 0
-        assert cc.child_ack(key, "c") == 0
+        with pytest.raises(NoCounterError):  # the counter was deleted at 0
+            cc.child_ack(key, "c")
+    for key in keys:
+        base = "{cc:" + key + "}"
+        assert not cc.redis.exists(base + ":count", base + ":done")
     assert cc.list_queues() == []
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings, strategies as st
 from omniq import scripts as official_scripts
 from omniq.client import OmniqClient as OfficialClient
 from omniq.types import BatchResultItem, JobCtx, ReserveJob, ReservePaused
@@ -97,7 +98,6 @@ def read_state(conn: redis.Redis) -> dict[str, tuple[str, Any, bool]]:
 
 
 INFLIGHT_KEY = re.compile(r"\{[^}]+\}:g:.+:inflight")
-CLOSED_MARKER_KEY = re.compile(r"\{cc:[^}]+\}:closed")
 
 
 def normalize_state(state: dict[str, tuple[str, Any, bool]], tokens: dict[str, str]) -> dict[str, Any]:
@@ -108,9 +108,7 @@ def normalize_state(state: dict[str, tuple[str, Any, bool]], tokens: dict[str, s
        label of the reserve answer that handed it out (``<lease N>``).
     2. Our ``{Q}:g:<gid>:inflight`` key is DELeted when it drops to 0; the reference keeps
        "0". Missing == "0", so a "0" value is dropped.
-    3. Our child_ack leaves a ``{cc:<key>}:closed`` marker (with a TTL) once a counter
-       reaches 0, so that later acks answer 0 (protocol page); the reference has none.
-    4. ``stats.last_activity_ms`` written by the remove scripts: the reference remove_job
+    3. ``stats.last_activity_ms`` written by the remove scripts: the reference remove_job
        stores the server clock (TIME, whole seconds) and remove_jobs_batch stores "0"
        (the official client sends no now_ms); ours store the server clock in ms when no
        trailing now_ms is sent. Only those values ("0" or wall-clock sized; every other
@@ -118,8 +116,6 @@ def normalize_state(state: dict[str, tuple[str, Any, bool]], tokens: dict[str, s
     """
     out: dict[str, Any] = {}
     for key, (kind, value, has_ttl) in state.items():
-        if CLOSED_MARKER_KEY.fullmatch(key):
-            continue
         if kind == "string" and INFLIGHT_KEY.fullmatch(key) and value == "0":
             continue
         if kind == "hash":
@@ -182,7 +178,6 @@ class Recorder:
         self.steps: list[Step] = []
         self.tokens: dict[str, str] = {}  # lease token -> "<lease N>"
         self.leases: dict[str, str] = {}  # job id -> its latest lease token
-        self.closed_answers: list[int] = []  # raw child_ack answers after a counter closed
 
     def using(self, client: Any) -> Recorder:
         view = object.__new__(Recorder)
@@ -218,16 +213,6 @@ class Recorder:
         """A plain Redis command (what an operator or a crash might do), recorded as a step."""
         result = self.conn.execute_command(*command)  # type: ignore[no-untyped-call]
         self.record(command[0], {"args": command[1:]}, result)
-
-    def child_ack_after_close(self, *, key: str, child_id: str) -> None:
-        # Deliberate difference: once a counter reached 0 the reference answers
-        # ERR NO_COUNTER (the official client maps every error to -1); ours answers
-        # {"OK", 0} thanks to its {cc:<key>}:closed marker, as the protocol page requires.
-        result = self.client.child_ack(key=key, child_id=child_id)
-        assert result in (-1, 0), result
-        self.record("child_ack after close", {"key": key, "child_id": child_id},
-                    "answered as closed")
-        self.closed_answers.append(result)
 
     def _label(self, token: str) -> str:
         return self.tokens.setdefault(token, f"<lease {len(self.tokens) + 1}>")
@@ -423,7 +408,8 @@ def full_protocol_scenario(ids: dict[str, str]) -> Callable[[Recorder], None]:
         c.childs_init(key="other", expected=0)  # BAD_EXPECTED
         for child in ("c1", "c1", "c2", "c3"):  # 2, 2 (repeat), 1, 0
             c.child_ack(key="fan", child_id=child)
-        c.child_ack_after_close(key="fan", child_id="c4")
+        c.child_ack(key="fan", child_id="c4")  # after 0: NO_COUNTER -> -1 on both
+        c.child_ack(key="fan", child_id="c3")  # the last child again: NO_COUNTER as well
         c.child_ack(key="never-initialized", child_id="c1")  # NO_COUNTER -> -1 on both
         c.childs_init(key="fan", expected=1)  # a closed counter can start again
         c.child_ack(key="fan", child_id="c1")
@@ -445,8 +431,7 @@ def test_official_client_on_our_scripts_matches_reference(dbs: Dbs) -> None:
                      Refused("ACK_FAIL failed: NOT_ACTIVE")]
     assert ref.results("reap_expired") == [2, 0, 2, 1]
     assert ref.results("promote_delayed") == [2, 0, 2, 1, 0]
-    assert ref.results("child_ack") == [2, 2, 1, 0, -1, 0]
-    assert ref.closed_answers == [-1] and ours.closed_answers == [0]
+    assert ref.results("child_ack") == [2, 2, 1, 0, -1, -1, -1, 0]
     assert Refused("HEARTBEAT failed: TOKEN_MISMATCH") in ref.results("heartbeat")
     assert Refused("REMOVE_JOBS_BATCH failed: BAD_LANE") in ref.results("remove_jobs_batch")
     assert ref.results("retry_failed_batch")[0] == [
@@ -454,8 +439,9 @@ def test_official_client_on_our_scripts_matches_reference(dbs: Dbs) -> None:
         (ids["nope"], "ERR", "NO_JOB"), (ids["a1"], "ERR", "NOT_FAILED"), (ids["u1"], "ERR", "NOT_FAILED"),
     ]
     # our scripts really were the ones running in the second run
-    assert ours.conn.get("{cc:fan}:count") is None and ours.conn.exists("{cc:fan}:closed") == 1
-    assert ref.conn.exists("{cc:fan}:closed") == 0
+    with open(os.path.join(OUR_DIR, "child_ack.lua"), encoding="utf-8") as f:
+        assert ours.client._ops.scripts.child_ack.src == f.read()
+    assert ref.client._ops.scripts.child_ack.src != ours.client._ops.scripts.child_ack.src
 
 
 def test_completed_retention_matches_reference(dbs: Dbs) -> None:
@@ -713,3 +699,147 @@ def test_job_published_on_server_clock_is_consumed_by_official_client(
     for pub in (plain, grouped):
         assert client.job(Q, pub.job_id).state == "completed"  # type: ignore[union-attr]
     assert client.stats(Q).completed_kept == 2 and client.stats(Q).active == 0
+
+
+# -- (c) child counters: our two scripts against the reference, raw replies ----------------
+#
+# Run through EVALSHA directly (not the official client, which turns every error into -1
+# and strips child ids), each script set on its own counter key of the same Redis: the
+# reference on {cc:ref:<key>}, ours on {cc:ours:<key>}. After every step the replies
+# must be equal and so must every key of the DB once the side's prefix is taken off.
+
+COUNTER_SCRIPTS = ("childs_init", "child_ack")
+SIDES = {"ref": REFERENCE_DIR, "ours": OUR_DIR}
+
+
+class CounterPair:
+    """The reference's and our childs_init/child_ack, loaded with SCRIPT LOAD."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self.sha: dict[tuple[str, str], str] = {}
+        for side, folder in SIDES.items():
+            for name in COUNTER_SCRIPTS:
+                with open(os.path.join(folder, f"{name}.lua"), encoding="utf-8") as f:
+                    self.sha[side, name] = conn.script_load(f.read())  # type: ignore[no-untyped-call]
+        for name in COUNTER_SCRIPTS:  # two different scripts really run
+            assert self.sha["ref", name] != self.sha["ours", name]
+        self.replies: list[Any] = []
+
+    @staticmethod
+    def anchor(side: str, key: str) -> str:
+        return "{cc:%s:%s}:meta" % (side, key)
+
+    def call(self, side: str, name: str, key: str, args: tuple[str, ...]) -> Any:
+        try:
+            return self.conn.evalsha(self.sha[side, name], 1, self.anchor(side, key), *args)
+        except redis.ResponseError as exc:  # a Redis error raised inside the script
+            text = re.sub(r"f_[0-9a-f]{40}|[0-9a-f]{40}", "<script>", str(exc))
+            return ("REDIS ERROR", re.sub(r"@user_script:\d+", "@user_script", text))
+
+    def state(self) -> dict[str, dict[str, tuple[str, Any, bool]]]:
+        """Every key of the DB as (type, contents, has_ttl), by side, the side's prefix
+        taken off (``{cc:ref:fan}:count`` -> ``{cc:fan}:count``)."""
+        by_side: dict[str, dict[str, tuple[str, Any, bool]]] = {side: {} for side in SIDES}
+        for key, value in read_state(self.conn).items():
+            side = next((s for s in SIDES if key.startswith("{cc:%s:" % s)), None)
+            assert side is not None, f"a key outside both counter prefixes: {key}"
+            by_side[side]["{cc:" + key[len("{cc:%s:" % side):]] = value
+        return by_side
+
+    def step(self, name: str, key: str, *args: str) -> Any:
+        ref, ours = (self.call(side, name, key, args) for side in SIDES)
+        call = f"{name}({key!r}, {', '.join(map(repr, args))})"
+        assert ours == ref, f"{call}: reference answered {ref!r}, ours {ours!r}"
+        state = self.state()
+        assert state["ours"] == state["ref"], (
+            f"after {call}: Redis state differs\n{state_diff(state['ref'], state['ours'])}")
+        self.replies.append(ref)
+        return ref
+
+
+def test_child_counter_scripts_match_reference_reply_and_state(r: redis.Redis) -> None:
+    pair = CounterPair(r)
+    init, ack = (lambda key, *args: pair.step("childs_init", key, *args),
+                 lambda key, *args: pair.step("child_ack", key, *args))
+    ok = ["OK"]
+
+    def left(n: int) -> list[str]:
+        return ["OK", str(n)]
+
+    no_counter = ["ERR", "NO_COUNTER"]
+
+    # no counter yet; arguments refused
+    assert ack("fan", "c1") == no_counter
+    assert ack("fan", "") == ack("fan") == ["ERR", "CHILD_REQUIRED"]
+    assert init("fan") == init("fan", "") == ["ERR", "NO_EXPECTED"]
+    for bad in ("0", "-3", "abc", "0.5", " "):
+        assert init("fan", bad) == ["ERR", "BAD_EXPECTED"], bad
+    assert r.dbsize() == 0
+
+    # two counters side by side; distinct ids count down, repeated ids do not count
+    assert init("fan", "3") == ok
+    assert init("fan", "3") == init("fan", "5") == ["ERR", "ALREADY_INIT"]
+    assert init("other", "2.9") == ok  # floored to 2, as the reference does
+    assert ack("fan", "") == ["ERR", "CHILD_REQUIRED"]  # while running, too
+    assert ack("fan", "c1") == left(2)
+    assert ack("fan", "c1") == ack("fan", "c1") == left(2)
+    assert ack("other", "c1") == left(1)  # the same id on another counter counts there
+    assert ack("fan", "c2") == left(1)
+    assert ack("fan", "c2") == left(1)
+    # the ack that reaches 0 answers "0" once and deletes the counter
+    assert ack("fan", "c3") == left(0)
+    assert sorted(r.keys("{cc:*:fan}*")) == []
+    # after 0: a new id, a counted id, the last id again -> NO_COUNTER, nothing written
+    assert ack("fan", "c4") == ack("fan", "c1") == ack("fan", "c3") == no_counter
+    assert ack("fan", "") == ["ERR", "CHILD_REQUIRED"]
+    assert ack("other", "c2") == left(0)
+    assert ack("other", "c2") == no_counter
+    assert r.dbsize() == 0
+
+    # a closed counter starts again, with a fresh done set
+    assert init("fan", "2") == ok
+    assert ack("fan", "c1") == left(1)  # c1 counts again in the new round
+    assert init("fan", "1") == ["ERR", "ALREADY_INIT"]
+    assert ack("fan", "c2") == left(0)
+    assert init("fan", " 1 ") == ok and ack("fan", "solo") == left(0)  # 1: the first ack closes
+    assert ack("never-initialized", "x") == no_counter
+    assert r.dbsize() == 0
+
+    # done set left behind without a count (an operator's DEL): init clears it
+    assert init("fan", "2") == ok and ack("fan", "a") == left(1)
+    for side in SIDES:
+        r.delete("{cc:%s:fan}:count" % side)
+    assert ack("fan", "b") == no_counter  # the done set stays, on both sides
+    assert init("fan", "2") == ok  # and init deletes it
+    assert ack("fan", "a") == left(1)
+
+    # a count that is not a number (written by hand): the same Redis error on both
+    for side in SIDES:
+        r.set("{cc:%s:fan}:count" % side, "many")
+    assert ack("fan", "a")[0] == "OK"  # a repeated id only reads the count
+    assert ack("fan", "b")[0] == "REDIS ERROR"
+
+
+CHILD_OPS = st.one_of(
+    st.tuples(st.just("childs_init"), st.sampled_from(("fan", "other")),
+              st.one_of(st.tuples(), st.tuples(st.sampled_from(("", "0", "-1", "1", "2", "3", "abc", "2.5"))),
+                        st.tuples(st.integers(-2, 6).map(str)))),
+    st.tuples(st.just("child_ack"), st.sampled_from(("fan", "other")),
+              st.one_of(st.tuples(), st.tuples(st.sampled_from(("", "c1", "c2", "c3", "c4"))),
+                        st.tuples(st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)))),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(CHILD_OPS, max_size=40))
+def test_child_counter_scripts_match_reference_on_random_sequences(
+        r: redis.Redis, ops: list[tuple[str, str, tuple[str, ...]]]) -> None:
+    r.flushdb()
+    pair = CounterPair(r)
+    for name, key, args in ops:
+        pair.step(name, key, *args)
+    # what the protocol promises, on the replies both sides gave: "0" once per init
+    zeros = sum(1 for reply in pair.replies if reply == ["OK", "0"])
+    inits = sum(1 for reply in pair.replies if reply == ["OK"])
+    assert zeros <= inits

@@ -1,6 +1,7 @@
 -- child_ack: one child of a fan-in finished; answers how many remain. A repeated
--- child id does not count twice. At 0 the counter keys are deleted and a
--- "{cc:<key>}:closed" marker (extension, kept CLOSED_TTL_S) makes later acks answer 0.
+-- child id does not count twice (it answers the current remaining). The ack that
+-- reaches 0 answers "0" and deletes the counter keys, so every later ack finds no
+-- counter (NO_COUNTER): "0" is answered once per counter.
 -- KEYS[1]  child anchor "{cc:<key>}:meta"
 -- ARGV     child_id
 -- Reply    {"OK", remaining}
@@ -19,24 +20,18 @@ end
 local base = KEYS[1]
 if string.sub(base, -5) == ":meta" then base = string.sub(base, 1, -6) end
 
-local CLOSED_TTL_S = 7 * 24 * 3600
 local child_id = ARGV[1] or ""
 
 if child_id == "" then return {"ERR", "CHILD_REQUIRED"} end
 local k_count = base .. ":count"
 local k_done = base .. ":done"
-local k_closed = base .. ":closed"
-if redis.call("EXISTS", k_count) == 0 then
-  if redis.call("EXISTS", k_closed) == 1 then return {"OK", "0"} end
-  return {"ERR", "NO_COUNTER"}
-end
+if redis.call("EXISTS", k_count) == 0 then return {"ERR", "NO_COUNTER"} end
 if redis.call("SADD", k_done, child_id) == 0 then
   return {"OK", tostring(math.max(to_int(redis.call("GET", k_count)), 0))}
 end
-local remaining = redis.call("DECR", k_count)
+local remaining = to_int(redis.call("DECR", k_count))
 if remaining <= 0 then
   redis.call("DEL", k_count, k_done)
-  redis.call("SET", k_closed, "1", "EX", CLOSED_TTL_S)
   return {"OK", "0"}
 end
 return {"OK", tostring(remaining)}

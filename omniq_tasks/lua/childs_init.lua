@@ -24,6 +24,6 @@ local n = to_int(expected)
 if n <= 0 then return {"ERR", "BAD_EXPECTED"} end
 local k_count = base .. ":count"
 if redis.call("EXISTS", k_count) == 1 then return {"ERR", "ALREADY_INIT"} end
-redis.call("SET", k_count, n)
-redis.call("DEL", base .. ":done", base .. ":closed")
+redis.call("SET", k_count, tostring(n))
+redis.call("DEL", base .. ":done")
 return {"OK"}

@@ -696,7 +696,13 @@ class OmniqClient:
                                       check_int("expected", expected, 1)))
 
     def child_ack(self, key: str, child_id: str) -> int:
-        """Count one child as done (idempotent per child id); returns how many remain."""
+        """Count one child as done (idempotent per child id); returns how many remain.
+
+        The ack that brings the counter to 0 returns 0 and deletes the counter, so 0 is
+        returned exactly once per counter: after that (or for a counter never started)
+        the script answers NO_COUNTER and this raises ``NoCounterError``. A repeated
+        child id does not count twice; it returns the current remaining.
+        """
         if not isinstance(child_id, str) or not child_id:
             raise ValueError("child_id must be a non-empty str")
         reply = self._raise_if_err(self._call("child_ack", keys.child_anchor(key), child_id))

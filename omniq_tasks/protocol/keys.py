@@ -29,7 +29,6 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {cc:<key>}:meta           anchor of a fan-in counter
     {cc:<key>}:count          remaining children
     {cc:<key>}:done           SET   acked child ids
-    {cc:<key>}:closed         marker (extension): the counter reached 0
 """
 
 from __future__ import annotations
