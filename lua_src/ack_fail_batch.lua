@@ -11,9 +11,11 @@
 --          good), or the reason it was not acked (TOKEN_REQUIRED, TOKEN_MISMATCH,
 --          NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
+-- A job failed for good wakes the callers waiting on it in handle.get() (include/results.lua).
 --@include base
 --@include lanes
 --@include replay
+--@include results
 local MAX_ACKS = 1000
 local FIELDS = 5
 local now = now_or_server(ARGV[1])
@@ -27,6 +29,7 @@ if saved then return saved end
 
 local out = {}
 local finished = false
+local failed = {}
 for i = 0, count - 1 do
   local a = 2 + FIELDS * i
   local job_id, error_text = ARGV[a + 1], ARGV[a + 3]
@@ -37,9 +40,11 @@ for i = 0, count - 1 do
   else
     local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final", to_int(ARGV[a + 5]))
     out[#out + 1] = due and ("R:" .. due) or "F"
+    if not due then failed[#failed + 1] = job_id end
     finished = true
   end
 end
 if finished then stat_times(now, "last_finish_ms") end
+notify_done(failed, now)
 replay_put(chan, seq, out)
 return out

@@ -3,9 +3,10 @@
 -- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token,
 --          [replay channel, sequence (see include/replay.lua): the same pair again
 --          gets the first answer (nothing is written twice)],
---          [results (extension, see include/results.lua): a count, then per result
---          position (1-based), ttl_ms, payload: stored in "{Q}:result:<id>" with PX
---          ttl_ms when that lease is acked; none sent = nothing stored]
+--          [results (extension, see include/results.lua): a count of groups, then per
+--          group ttl_ms, k, and k pairs of position (1-based), payload: each stored in
+--          "{Q}:result:<id>" with PX ttl_ms when that lease is acked; none sent =
+--          nothing stored]
 -- Reply    {acked count, then position (1-based), reason for each lease NOT acked
 --          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"} (also for a bad
@@ -23,10 +24,10 @@ if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
 local chan, seq = ARGV[3 + 2 * count], ARGV[4 + 2 * count]
 local saved = replay_get(chan, seq)
 if saved then return saved end
-local results = {}
+local at, ttls = {}, nil
 if #ARGV > 4 + 2 * count then
-  results = read_results(5 + 2 * count, count)
-  if not results then return {"ERR", "BAD_ARGS"} end
+  at, ttls = read_results(5 + 2 * count, count)
+  if not at then return {"ERR", "BAD_ARGS"} end
 end
 local done = {}
 
@@ -42,8 +43,8 @@ for i = 1, count do
     left_active(job_id, gid, now)
     enter_completed(job_id, now, true)
     out[1] = out[1] + 1
-    local r = results[i]
-    if r then redis.call("SET", result_key(job_id), r[2], "PX", r[1]) end
+    local r = at[i]
+    if r then redis.call("SET", result_key(job_id), ARGV[r], "PX", ttls[i]) end
     done[#done + 1] = job_id
   end
 end

@@ -5,7 +5,11 @@
 --          token), count, then per job 4 fields: job_id, payload, gid ("" = none),
 --          options "max_attempts:timeout_ms:backoff_ms:due_ms:group_limit",
 --          [replay channel, sequence (see include/replay.lua): the same pair again
---          gets the first answer, so a resent chunk never reports its own jobs EXISTS]
+--          gets the first answer, so a resent chunk never reports its own jobs EXISTS],
+--          [once (workflows, docs/workflows.md): a name and a ttl_ms; each job id is
+--          added to the SET "{Q}:once:<name>" (kept ttl_ms), and an id that is in it
+--          already answers EXISTS even when its job hash is gone (trimmed from the
+--          completed lane): a workflow step is published once]
 -- Reply    {queued count, then position (1-based), reason for each job not queued:
 --          "EXISTS" (idempotent: the job hash exists, unchanged) or "BAD_JOB_ID"}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
@@ -24,6 +28,11 @@ if #ARGV < 3 + FIELDS * count then return {"ERR", "BAD_ARGS"} end
 local chan, seq = ARGV[4 + FIELDS * count], ARGV[5 + FIELDS * count]
 local saved = replay_get(chan, seq)
 if saved then return saved end
+local k_once, once_ttl = nil, 0
+if #ARGV >= 7 + FIELDS * count then
+  k_once, once_ttl = base .. ":once:" .. ARGV[6 + FIELDS * count], to_int(ARGV[7 + FIELDS * count])
+  if ARGV[6 + FIELDS * count] == "" or once_ttl <= 0 then return {"ERR", "BAD_ARGS"} end
+end
 
 -- Parse every distinct options string first, so a bad one writes nothing.
 local parsed = {}
@@ -44,7 +53,9 @@ for i = 0, count - 1 do
   local job_id = ARGV[a + 1]
   local o = parsed[ARGV[a + 4]]
   local outcome = "BAD_JOB_ID"
-  if job_id ~= "" then
+  if job_id ~= "" and k_once and redis.call("SADD", k_once, job_id) == 0 then
+    outcome = "EXISTS"
+  elseif job_id ~= "" then
     outcome = enqueue_one(job_id, ARGV[a + 2], o[1], o[2], o[3], o[4], ARGV[a + 3], o[5], now, later)
   end
   if outcome == "OK" or outcome == "READY" then
@@ -56,6 +67,7 @@ for i = 0, count - 1 do
   end
 end
 enter_wait_many(later, now)
+if k_once then redis.call("PEXPIRE", k_once, once_ttl) end
 if out[1] > 0 then stat_times(now, "last_enqueue_ms") end
 wake_workers(ready, wake_cap)
 replay_put(chan, seq, out)

@@ -19,6 +19,9 @@ from .errors import (
     ProtocolError, RedisFullError, Retry, TaskArgumentError,
 )
 from .results import JobHandle, JobStatus
+from .fanout import ChildResult
+from .signature import Chain, Signature, chain
+from .workflow_handles import ChainHandle, FanoutHandle
 from .task import Task
 from .worker import Worker
 
@@ -34,6 +37,8 @@ __all__ = [
     "InvalidNameError", "OmniqConnectionError", "RedisFullError",
     # what a task raises to retry later or to fail at once
     "Retry", "PermanentError",
+    # workflows (docs/workflows.md)
+    "Signature", "Chain", "chain", "ChildResult", "ChainHandle", "FanoutHandle",
     "__version__",
 ]
 

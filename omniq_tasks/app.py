@@ -15,6 +15,7 @@ from typing_extensions import Concatenate, ParamSpec, Unpack
 
 from . import defaults
 from .defaults import check_int
+from .errors import InvalidOptionError
 from .protocol.client import OmniqClient
 from .protocol.connection import RedisClient, describe_redis
 from .context import JobContext
@@ -24,10 +25,19 @@ from .policy import LifeOptions, Policy
 from .registry import Registry
 from .results import JobHandle
 from .task import GidRule, Task
+from .fanout import start_fanout
+from .signature import Signature, WORKFLOW_SWEEP_S, WORKFLOW_TTL_S, validate_workflow_id
+from .workflow_handles import FanoutHandle
 from .protocol.urls import redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _positive_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidOptionError(f"{name} must be seconds > 0, got {value!r}")
+    return float(value)
 
 
 class TaskDecorator(Protocol):
@@ -66,6 +76,8 @@ class App:
         middleware: Sequence[Middleware] = (),
         redis: RedisClient | None = None,
         eager: bool = False,
+        workflow_ttl: float = WORKFLOW_TTL_S,
+        workflow_sweep: float = WORKFLOW_SWEEP_S,
         **life: Unpack[LifeOptions],
     ) -> None:
         self.name = name
@@ -85,6 +97,10 @@ class App:
         self.max_payload_bytes = check_int("max_payload_bytes", max_payload_bytes, 2)
         self.cluster = cluster
         self.wake_cap = check_int("wake_cap", wake_cap, 0)
+        # Workflows (docs/workflows.md): how long their keys and once-sets live, and
+        # how long after a fan-out opens (then between looks) the sweepers check it.
+        self.workflow_ttl = _positive_seconds("workflow_ttl", workflow_ttl)
+        self.workflow_sweep = _positive_seconds("workflow_sweep", workflow_sweep)
         # Retries, time limits, expiry, results, callbacks: every task's defaults.
         self.policy = Policy().merged(**life)
         self.registry = Registry()
@@ -137,6 +153,21 @@ class App:
                 raise ValueError(f"no task named {task!r} is registered in {self.name}")
             task = found
         return JobHandle(self.client, validate_queue(queue), job_id, task=task)
+
+    def fanout(self, children: Sequence[Signature[Any]], *, then: Signature[Any] | None = None,
+               on_error: Signature[Any] | None = None, key: str | None = None) -> FanoutHandle:
+        """Run ``children`` (signatures: ``task.s(...)``) in parallel, then ``then`` once
+        with their outcomes (a ``list[ChildResult]`` as its first argument).
+
+        ``on_error``: called instead of ``then`` when a child failed for good. ``key``
+        names the fan-out (1..128 characters, no braces); a key started before
+        starts nothing new. Left out, a fresh one. See docs/workflows.md.
+        """
+        return start_fanout(self, children, then, on_error, key)
+
+    def fanout_handle(self, key: str) -> FanoutHandle:
+        """The handle of a fan-out started earlier (e.g. in another process), by its key."""
+        return FanoutHandle(self, validate_workflow_id(key))
 
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import msgspec
 
@@ -101,6 +101,7 @@ class ArgumentCodec:
             p.name for p in self.call_signature.parameters.values()
             if p.kind is p.POSITIONAL_OR_KEYWORD
         )
+        self._partial: msgspec.json.Decoder[Any] | None = None  # made on the first task.s()
         try:
             self.struct = msgspec.defstruct(f"{task_name}:args", fields, forbid_unknown_fields=True)
             self.decoder = msgspec.json.Decoder(self.struct)
@@ -134,6 +135,54 @@ class ArgumentCodec:
             if got is not value and got != value:
                 check_same(value, got, name, f"task {self.task_name}: ")
         return arguments, data
+
+    def encode_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       first_open: bool) -> tuple[str, bytes]:
+        """A signature's arguments (``task.s()``), checked as ``encode_call`` checks a call.
+
+        With ``first_open``, when the arguments given leave a required parameter
+        out, the first parameter is left open (as in Celery: what comes before, a
+        chain's previous result or a fan-out's children, is the first argument, and
+        the positional ones given follow it). Returns the open parameter's name
+        ("" when none) and the JSON object of the arguments given.
+        """
+        context = f"task {self.task_name}: "
+        signature = self.call_signature
+        required = [p.name for p in signature.parameters.values() if p.default is p.empty]
+        first = ""
+        try:
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+            if first_open and self.params and self.params[0] not in kwargs and \
+                    any(name not in arguments for name in required):
+                first = self.params[0]
+                arguments = signature.bind_partial(None, *args, **kwargs).arguments
+                del arguments[first]
+        except TypeError as exc:
+            raise TaskArgumentError(context + str(exc)) from None
+        missing = [name for name in required if name not in arguments and name != first]
+        if missing:
+            raise TaskArgumentError(f"{context}missing argument(s) {', '.join(map(repr, missing))}")
+        data = encode_checked(arguments, context)
+        try:
+            decoded = self._partial_decoder().decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._refusal(arguments, describe_decode_error(exc)) from None
+        except RecursionError:
+            raise TaskArgumentError(f"{context}arguments nest too deep") from None
+        for name, value in arguments.items():
+            got = getattr(decoded, name)
+            if got is not value and got != value:
+                check_same(value, got, name, context)
+        return first, data
+
+    def _partial_decoder(self) -> msgspec.json.Decoder[Any]:
+        """Decodes any subset of the parameters (each one checked against its annotation)."""
+        if self._partial is None:
+            hints = {f.name: f.type for f in msgspec.structs.fields(self.struct)}
+            fields = [(name, Union[hints[name], msgspec.UnsetType], msgspec.UNSET) for name in self.params]
+            self._partial = msgspec.json.Decoder(
+                msgspec.defstruct(f"{self.task_name}:partial", fields, forbid_unknown_fields=True))
+        return self._partial
 
     def _refusal(self, arguments: dict[str, Any], problem: str) -> TaskArgumentError:
         """The error for arguments the decoder refused; a NaN is named as such (it became null)."""

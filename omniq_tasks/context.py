@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from .signature import Signature
+    from .workflow_handles import FanoutHandle
     from .protocol.client import OmniqClient
     from .protocol.models import Published
 
@@ -19,7 +21,7 @@ class JobContext:
     """
 
     __slots__ = ("queue", "job_id", "attempt", "max_attempts", "gid", "lease_token",
-                 "lock_until_ms", "payload_raw", "_client")
+                 "lock_until_ms", "payload_raw", "_client", "_fanouts")
 
     def __init__(self, client: OmniqClient, *, queue: str, job_id: str, attempt: int,
                  max_attempts: int, gid: str, lease_token: str, lock_until_ms: int,
@@ -33,6 +35,7 @@ class JobContext:
         self.lease_token = lease_token
         self.lock_until_ms = lock_until_ms
         self.payload_raw = payload_raw
+        self._fanouts = 0  # fan-outs started in this run: their default keys
 
     @property
     def is_last_attempt(self) -> bool:
@@ -82,6 +85,24 @@ class JobContext:
         this raises ``NoCounterError`` (as for a counter never started).
         """
         return self._client.child_ack(key, child_id or self.job_id)
+
+    def fanout(self, children: Sequence[Signature[Any]], *, then: Signature[Any] | None = None,
+               on_error: Signature[Any] | None = None, key: str | None = None) -> FanoutHandle:
+        """``app.fanout`` from inside a task (docs/workflows.md).
+
+        Left out, ``key`` is ``<this job's id>.fo<n>`` for the n-th fan-out this run
+        starts (0, 1, ...): a retried run reaches the same keys, so it starts nothing
+        that its earlier attempt started.
+        """
+        from .fanout import start_fanout
+
+        if key is None:
+            key = f"{self.job_id}.fo{self._fanouts}"
+            self._fanouts += 1
+        signatures = [*children, *(s for s in (then, on_error) if s is not None)]
+        if not signatures:
+            raise ValueError("fanout() needs children or a callback")
+        return start_fanout(signatures[0].task.app, children, then, on_error, key)
 
     def __repr__(self) -> str:
         return (f"JobContext(queue={self.queue!r}, job_id={self.job_id!r}, "

@@ -258,7 +258,7 @@ class ChildRequiredError(ProtocolError):
 
 
 class NoCounterError(ProtocolError):
-    """Raised when child_ack finds no counter for the key (never initialised)."""
+    """Raised when child_ack finds no counter for the key: never initialised, or it reached 0 already."""
 
     reason = "NO_COUNTER"
 
@@ -327,6 +327,11 @@ class ResultMissingError(OmniqError, LookupError):
 class ResultTooLargeError(OmniqError, ValueError):
     """Raised by ``handle.get()`` when the task's return value was larger than the
     payload limit, so the worker stored this mark instead of the value."""
+
+
+class ResultEncodeError(OmniqError, TypeError):
+    """Raised by ``handle.get()`` when the task returned a value msgspec cannot encode
+    as JSON, so the worker stored this mark (type and reason) instead of the value."""
 
 
 class TimeLimitExceeded(OmniqError):

@@ -1,9 +1,10 @@
 """The handle returned by ``task.delay()``: the job's id and queue, its state and result.
 
 A result is stored by the worker's ack (``{Q}:result:<id>``, see docs/tasks.md
-"Results"); ``get()`` waits for it by blocking on ``{Q}:done:<id>``, which the ack
-pushes to while someone watches the job, and checks again every RECHECK_S for
-what no ack announces (a failure, a lease that ended).
+"Results"); ``get()`` waits for it by blocking on ``{Q}:done:<id>``, which our acks
+(a success, or a failure for good) push to while someone watches the job, and
+checks again every RECHECK_S for what none of them announces (a reaped lease, an
+official SDK's ack_fail).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import PayloadError, ResultMissingError, ResultTimeoutError, ResultTooLargeError, TaskFailed
+from .errors import (PayloadError, ResultEncodeError, ResultMissingError, ResultTimeoutError, ResultTooLargeError,
+                     TaskFailed)
 from .protocol.models import JobInfo
 
 if TYPE_CHECKING:
@@ -24,13 +26,16 @@ if TYPE_CHECKING:
     from .task import Task
 
 # How long get() blocks on one notification wait before it reads the job again:
-# a failed job (no ack announces it) is seen within this time.
+# a job failed by the reaper or another SDK (no ack of ours announces it) is seen
+# within this time.
 RECHECK_S = 0.5
 # A watch mark lives this much past the wait it covers (clock estimate, slow replies).
 _WATCH_MARGIN_MS = 5_000
-# What the worker stores instead of a value larger than the payload limit:
-# b"!too-large:<bytes>:<limit>" (JSON never starts with "!").
+# What the worker stores instead of a value it cannot keep (JSON never starts with
+# "!"): b"!too-large:<bytes>:<limit>" for one over the payload limit,
+# b"!unencodable:<Type: reason>" for one msgspec cannot encode.
 TOO_LARGE_MARK = b"!too-large:"
+UNENCODABLE_MARK = b"!unencodable:"
 
 
 class JobStatus(str, enum.Enum):
@@ -141,7 +146,8 @@ class JobHandle:
         Raises :class:`TaskFailed` (the remote error's type, message and traceback)
         when the job failed for good, :class:`ResultTimeoutError` when ``timeout``
         passes first, :class:`ResultMissingError` when neither the job nor a result
-        exists, :class:`ResultTooLargeError` when the value was over the payload limit.
+        exists, :class:`ResultTooLargeError` when the value was over the payload limit,
+        :class:`ResultEncodeError` when it could not be encoded as JSON.
         """
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
@@ -185,6 +191,10 @@ class JobHandle:
             raise ResultTooLargeError(
                 f"job {self.id} (queue {self.queue}) returned {size} bytes of JSON, over the "
                 f"payload limit of {limit}; the value was not stored")
+        if data.startswith(UNENCODABLE_MARK):
+            raise ResultEncodeError(
+                f"job {self.id} (queue {self.queue}) returned a value that cannot be encoded as "
+                f"JSON ({data[len(UNENCODABLE_MARK):].decode(errors='replace')}); the value was not stored")
         return decode_result(self.task, data, self.id)
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from .protocol.keys import validate_gid, validate_queue
 from .middleware import run_before_publish
 from .policy import Policy
 from .results import JobHandle
+from .signature import Signature
 from .eager import run_eager
 
 if TYPE_CHECKING:
@@ -334,6 +335,28 @@ class Task(Generic[P, R]):
             if got is not values[0] and got != values[0]:
                 check_same(values[0], got, self.codec.params[0], context)
         return {self.codec.params[0]: values[0]}, data
+
+    def gid_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The gid this task's rule gives a call (None: the task has no rule)."""
+        if self.gid is None:
+            return None
+        try:
+            call_args = self.codec.call_signature.bind_partial(*args, **kwargs).arguments
+            gid = self._resolve_gid(args, kwargs, call_args)
+        except (KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise TaskArgumentError(f"task {self.name}: its gid rule fails on these arguments: {exc!r}") from None
+        return validate_gid(gid) if gid is not None else None
+
+    # -- signatures (docs/workflows.md) ---------------------------------------------
+
+    def s(self, /, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A call to run later as a chain step or fan-out child/callback; the first
+        parameter may be left out (the previous step's result fills it)."""
+        return Signature.make(self, args, kwargs, immutable=False)
+
+    def si(self, /, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """A call with every argument given: it takes nothing from the step before."""
+        return Signature.make(self, args, kwargs, immutable=True)
 
     def _resolve_gid(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                      call_args: dict[str, Any]) -> str | None:

@@ -21,6 +21,7 @@ def test_top_level_is_small_and_complete() -> None:
         "OmniqError", "ProtocolError", "BackendError", "PayloadError", "TaskArgumentError",
         "InvalidNameError", "OmniqConnectionError", "RedisFullError",
         "Retry", "PermanentError",
+        "Signature", "Chain", "chain", "ChildResult", "ChainHandle", "FanoutHandle",
         "__version__",
     ])
     for name in omniq_tasks.__all__:

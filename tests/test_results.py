@@ -23,7 +23,7 @@ import redis
 
 from omniq_tasks import JobStatus
 from omniq_tasks.errors import (
-    ResultMissingError, ResultTimeoutError, ResultTooLargeError, TaskFailed,
+    ResultEncodeError, ResultMissingError, ResultTimeoutError, ResultTooLargeError, TaskFailed,
 )
 from omniq_tasks.protocol import keys
 from omniq_tasks.protocol.client import OmniqClient, parse_ack_batch
@@ -107,6 +107,11 @@ def boom(word: str) -> int:
 @app.task
 def big(n: int) -> str:
     return "x" * n
+
+
+@app.task
+def opaque(n: int) -> object:
+    return object()  # msgspec cannot encode it
 
 
 @app.task
@@ -312,6 +317,18 @@ def test_result_over_the_payload_limit_is_a_mark(tasks: ModuleType, r: redis.Red
     wait_for(lambda: "over the payload limit" in worker.log(), 5, worker, "the warning")
 
 
+def test_result_that_cannot_be_encoded_is_a_mark(tasks: ModuleType, r: redis.Redis,
+                                                  start_worker: Callable[..., CliWorker]) -> None:
+    worker = start_worker()
+    handle = tasks.opaque.delay(1)
+    with pytest.raises(ResultEncodeError) as caught:
+        handle.get(timeout=10)
+    assert "object" in str(caught.value) and handle.id in str(caught.value)
+    assert r.get(keys.result_key("res", handle.id)).startswith("!unencodable:object: ")
+    assert r.hget(keys.job_key("res", handle.id), "state") == "completed"  # ran once, not retried
+    wait_for(lambda: "cannot be encoded as JSON" in worker.log(), 5, worker, "the warning")
+
+
 # -- the script itself -------------------------------------------------------------------------
 
 
@@ -374,3 +391,25 @@ def test_ack_wakes_a_watcher_at_once(client: OmniqClient, r: redis.Redis) -> Non
     other, other_token = lease_one(client, "wk")
     client.ack_success_batch("wk", [(other, other_token)])
     assert not r.exists(keys.done_key("wk", other))
+
+
+def test_failing_for_good_wakes_a_watcher_at_once_and_a_retry_does_not(
+        client: OmniqClient, r: redis.Redis) -> None:
+    retried, retried_token = lease_one(client, "wf")
+    failed, failed_token = lease_one(client, "wf")
+    client.result_state("wf", retried, watch_until_ms=client.server_now_ms() + 60_000)  # as get() does
+    call = client.ack_fail_batch_call("wf", [(retried, retried_token, "E: try again", False, 0),
+                                             (failed, failed_token, "E: no", True)])
+    timer = threading.Timer(0.1, lambda: client.scripts.call_many([call]))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(TaskFailed) as caught:
+            JobHandle(client, "wf", failed).get(timeout=5)
+    finally:
+        timer.join()
+    assert time.monotonic() - start < 0.45  # woken by the failing ack, not by the 0.5 s re-check
+    assert caught.value.error == "E: no"
+    assert r.lrange(keys.done_key("wf", failed), 0, -1) == ["1"]
+    assert not r.exists(keys.done_key("wf", retried))  # a retry is not the end: no wake-up
+    assert r.zrange(keys.watching_key("wf"), 0, -1) == [retried]

@@ -294,10 +294,15 @@ def test_acl_user_cannot_touch_other_keys(acl_server: RedisServer, acl_admin: re
                         ("LPOP", "{reports}:wait"), ("HGETALL", "{reports}:job:job-1"),
                         ("GET", "{emails.eu}:meta"), ("GET", "{emails}"),
                         ("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("SCAN", "0"), ("RANDOMKEY",),
-                        ("CONFIG", "GET", "*"), ("SCRIPT", "FLUSH"), ("EVAL", "return 1", "0"),
+                        ("CONFIG", "GET", "*"), ("SCRIPT", "FLUSH"),
                         ("PUBLISH", "chan", "x"), ("ACL", "LIST"), ("SHUTDOWN",)):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 user.execute_command(*command)
+        # EVAL is allowed (it reloads our scripts after a flush), but a script runs with
+        # the caller's ACL: it reaches no key the user could not reach itself.
+        for script in ("return redis.call('GET', 'other')", "return redis.call('SET', '{other}:x', 'mine')"):
+            with pytest.raises(redis.ResponseError, match=r"(?i)noperm|permission|can't"):
+                user.eval(script, 0)
         # Our own scripts cannot reach another queue either: Lua runs with the caller's ACL.
         app = App("acl", redis_url=acl_url(acl_server), queue="reports")
 

@@ -129,6 +129,22 @@ def test_processes_hard_limit_kills_the_child_and_the_soft_one_interrupts_the_bo
     assert "died" not in worker.log()  # a time limit is not reported as a crash
 
 
+def test_processes_hard_limit_follows_the_tasks_retry_policy(
+        client: OmniqClient, r: redis.Redis, start_worker: Callable[..., CliWorker], tmp_path: Path) -> None:
+    """The parent, not the killed child, decides: dont_retry_for fails at once, retry_backoff delays."""
+    path = tmp_path / "n"
+    worker = start_worker("--pool", "processes", "-c", "2")
+    publish(client, "final", "hang_final", max_attempts=3, path=str(path), tag="f", seconds=30)
+    publish(client, "later", "hang_later", max_attempts=3, path=str(path), tag="l", seconds=30)
+    wait_states(r, {"final": "failed", "later": "delayed"}, worker, timeout=20)
+    final = job_hash(r, "final")
+    assert final["attempt"] == "1" and final["last_error"].startswith(HARD), final
+    due = int(job_hash(r, "later")["due_ms"])
+    now_s, now_us = r.time()
+    assert 55_000 <= due - (now_s * 1000 + now_us // 1000) <= 61_000  # 60 s, not backoff_ms=0
+    assert "retry in 60.0 s" in worker.log() or "retry in 59." in worker.log(), worker.log()[-2000:]
+
+
 # -- async tasks and threads, end to end -------------------------------------------------------
 
 

@@ -8,21 +8,26 @@ local NOTIFY_TTL_MS = 60000
 
 local function result_key(job_id) return base .. ":result:" .. job_id end
 
--- The results section after the replay tag: a count, then per result its lease's
--- position (1-based), TTL in ms and payload. Returns position -> {ttl, payload},
--- or nil when the section is malformed.
+-- The results section after the replay tag: a count of TTL groups, then per group
+-- its TTL in ms, how many results it holds and, per result, its lease's position
+-- (1-based) and payload. Returns position -> ARGV index of the payload and
+-- position -> TTL (the ARGV string, as SET takes it), or nil when the section is
+-- malformed. (Indexes, not copies: nothing per result is built but two numbers.)
 local function read_results(first, count)
-  local n = to_int(ARGV[first])
-  local out = {}
-  if n <= 0 then return out end
-  if #ARGV < first + 3 * n then return nil end
-  for r = 0, n - 1 do
-    local pos = to_int(ARGV[first + 1 + 3 * r])
-    local ttl = to_int(ARGV[first + 2 + 3 * r])
-    if pos < 1 or pos > count or ttl <= 0 then return nil end
-    out[pos] = {ttl, ARGV[first + 3 + 3 * r]}
+  local at, ttls = {}, {}
+  local a = first + 1
+  for _ = 1, to_int(ARGV[first]) do
+    local ttl, k = ARGV[a], to_int(ARGV[a + 1])
+    if not ttl or not string.match(ttl, "^[1-9]%d*$") or k < 0 or #ARGV < a + 1 + 2 * k then return nil end
+    for j = 1, k do
+      local pos = to_int(ARGV[a + 2 * j])
+      if pos < 1 or pos > count then return nil end
+      at[pos] = a + 2 * j + 1
+      ttls[pos] = ttl
+    end
+    a = a + 2 + 2 * k
   end
-  return out
+  return at, ttls
 end
 
 -- Wake the waiters of the ids in done (acked now), if any are watched.

@@ -11,6 +11,7 @@
 --          good), or the reason it was not acked (TOKEN_REQUIRED, TOKEN_MISMATCH,
 --          NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"}
+-- A job failed for good wakes the callers waiting on it in handle.get() (include/results.lua).
 -- Generated from lua_src/ack_fail_batch.lua by tools/build_lua.py: edit the source, not this file.
 
 -- base: reading numbers, the clock and the queue base from the anchor.
@@ -331,6 +332,29 @@ local function replay_put(chan, seq, answer)
     redis.call("SET", replay_key(chan), cmsgpack.pack({seq, answer}), "PX", REPLAY_TTL_MS)
   end
 end
+-- results (omniq-tasks extension): return values stored by ack_success_batch,
+-- and the wake-up of callers waiting in handle.get().
+--   {Q}:result:<id>   STRING the return value as JSON (or a "!" marker), PX = its TTL
+--   {Q}:watching      ZSET   ids someone waits on, score = until when (ms)
+--   {Q}:done:<id>     LIST   a wake-up token for the waiters of <id> (short TTL)
+-- Nobody waiting (the usual case) costs one EXISTS per call, not per job.
+local NOTIFY_TTL_MS = 60000
+
+-- Wake the waiters of the ids in done (acked now), if any are watched.
+local function notify_done(done, now)
+  if #done == 0 then return end
+  local k_watching = base .. ":watching"
+  if redis.call("EXISTS", k_watching) == 0 then return end
+  redis.call("ZREMRANGEBYSCORE", k_watching, "-inf", "(" .. now)  -- waiters long gone
+  for _, job_id in ipairs(done) do
+    if redis.call("ZSCORE", k_watching, job_id) then
+      redis.call("ZREM", k_watching, job_id)
+      local k_done = base .. ":done:" .. job_id
+      redis.call("RPUSH", k_done, "1")
+      redis.call("PEXPIRE", k_done, NOTIFY_TTL_MS)
+    end
+  end
+end
 
 local MAX_ACKS = 1000
 local FIELDS = 5
@@ -345,6 +369,7 @@ if saved then return saved end
 
 local out = {}
 local finished = false
+local failed = {}
 for i = 0, count - 1 do
   local a = 2 + FIELDS * i
   local job_id, error_text = ARGV[a + 1], ARGV[a + 3]
@@ -355,9 +380,11 @@ for i = 0, count - 1 do
   else
     local due = fail_lease(job_id, gid, error_text, now, ARGV[a + 4] == "final", to_int(ARGV[a + 5]))
     out[#out + 1] = due and ("R:" .. due) or "F"
+    if not due then failed[#failed + 1] = job_id end
     finished = true
   end
 end
 if finished then stat_times(now, "last_finish_ms") end
+notify_done(failed, now)
 replay_put(chan, seq, out)
 return out

@@ -3,9 +3,10 @@
 -- ARGV     now_ms ("0" = server clock), count, then count pairs of job_id, lease_token,
 --          [replay channel, sequence (see include/replay.lua): the same pair again
 --          gets the first answer (nothing is written twice)],
---          [results (extension, see include/results.lua): a count, then per result
---          position (1-based), ttl_ms, payload: stored in "{Q}:result:<id>" with PX
---          ttl_ms when that lease is acked; none sent = nothing stored]
+--          [results (extension, see include/results.lua): a count of groups, then per
+--          group ttl_ms, k, and k pairs of position (1-based), payload: each stored in
+--          "{Q}:result:<id>" with PX ttl_ms when that lease is acked; none sent =
+--          nothing stored]
 -- Reply    {acked count, then position (1-based), reason for each lease NOT acked
 --          (TOKEN_REQUIRED, TOKEN_MISMATCH, NOT_ACTIVE, BAD_JOB_ID)}
 -- Errors   {"ERR", "BATCH_TOO_LARGE", "1000"}, {"ERR", "BAD_ARGS"} (also for a bad
@@ -305,21 +306,26 @@ local NOTIFY_TTL_MS = 60000
 
 local function result_key(job_id) return base .. ":result:" .. job_id end
 
--- The results section after the replay tag: a count, then per result its lease's
--- position (1-based), TTL in ms and payload. Returns position -> {ttl, payload},
--- or nil when the section is malformed.
+-- The results section after the replay tag: a count of TTL groups, then per group
+-- its TTL in ms, how many results it holds and, per result, its lease's position
+-- (1-based) and payload. Returns position -> ARGV index of the payload and
+-- position -> TTL (the ARGV string, as SET takes it), or nil when the section is
+-- malformed. (Indexes, not copies: nothing per result is built but two numbers.)
 local function read_results(first, count)
-  local n = to_int(ARGV[first])
-  local out = {}
-  if n <= 0 then return out end
-  if #ARGV < first + 3 * n then return nil end
-  for r = 0, n - 1 do
-    local pos = to_int(ARGV[first + 1 + 3 * r])
-    local ttl = to_int(ARGV[first + 2 + 3 * r])
-    if pos < 1 or pos > count or ttl <= 0 then return nil end
-    out[pos] = {ttl, ARGV[first + 3 + 3 * r]}
+  local at, ttls = {}, {}
+  local a = first + 1
+  for _ = 1, to_int(ARGV[first]) do
+    local ttl, k = ARGV[a], to_int(ARGV[a + 1])
+    if not ttl or not string.match(ttl, "^[1-9]%d*$") or k < 0 or #ARGV < a + 1 + 2 * k then return nil end
+    for j = 1, k do
+      local pos = to_int(ARGV[a + 2 * j])
+      if pos < 1 or pos > count then return nil end
+      at[pos] = a + 2 * j + 1
+      ttls[pos] = ttl
+    end
+    a = a + 2 + 2 * k
   end
-  return out
+  return at, ttls
 end
 
 -- Wake the waiters of the ids in done (acked now), if any are watched.
@@ -347,10 +353,10 @@ if #ARGV < 2 + 2 * count then return {"ERR", "BAD_ARGS"} end
 local chan, seq = ARGV[3 + 2 * count], ARGV[4 + 2 * count]
 local saved = replay_get(chan, seq)
 if saved then return saved end
-local results = {}
+local at, ttls = {}, nil
 if #ARGV > 4 + 2 * count then
-  results = read_results(5 + 2 * count, count)
-  if not results then return {"ERR", "BAD_ARGS"} end
+  at, ttls = read_results(5 + 2 * count, count)
+  if not at then return {"ERR", "BAD_ARGS"} end
 end
 local done = {}
 
@@ -366,8 +372,8 @@ for i = 1, count do
     left_active(job_id, gid, now)
     enter_completed(job_id, now, true)
     out[1] = out[1] + 1
-    local r = results[i]
-    if r then redis.call("SET", result_key(job_id), r[2], "PX", r[1]) end
+    local r = at[i]
+    if r then redis.call("SET", result_key(job_id), ARGV[r], "PX", ttls[i]) end
     done[#done + 1] = job_id
   end
 end

@@ -189,6 +189,15 @@ def parse_ack_batch(reply: Any) -> dict[int, str]:
     return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
 
 
+# Positions 1..1000 as the bytes redis-py sends as they are (an int it converts each time).
+_POSITION_ARGS = tuple(str(n).encode() for n in range(1, 1001))
+
+
+def _position_arg(position: int) -> bytes:
+    """The 1-based position argument of the 0-based ``position`` of a lease in its batch."""
+    return _POSITION_ARGS[position] if 0 <= position < len(_POSITION_ARGS) else str(position + 1).encode()
+
+
 def parse_ack_fail_batch(reply: Any) -> list[AckFailResult | str]:
     """Per lease of an ack_fail_batch reply: AckFailResult, or the reason it was not acked."""
     out: list[AckFailResult | str] = []
@@ -423,7 +432,8 @@ class OmniqClient:
         return Published(queue=queue, job_id=_text(reply[1]), existed=existed)
 
     def enqueue_many(
-        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = WAKE_CAP, now_ms: int = 0
+        self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = WAKE_CAP, now_ms: int = 0,
+        once: tuple[str, int] | None = None,
     ) -> list[Published]:
         """Publish many prepared jobs with one script call per 1000 (enqueue_batch).
 
@@ -431,6 +441,10 @@ class OmniqClient:
         pushes wake-up tokens to ``{Q}:wake`` so that idle omniq-tasks workers start
         at once. A chunk is one atomic script call; an error in a later chunk leaves
         the earlier ones published.
+
+        ``once`` (a workflow's id, ttl_ms): each job id is remembered in
+        ``{Q}:once:<id>`` for ttl_ms, and one remembered already is not published
+        again (EXISTS) even when its job hash is gone.
         """
         anchor = keys.queue_anchor(queue)
         out: list[Published] = []
@@ -449,6 +463,8 @@ class OmniqClient:
                     packed = options[key] = b"%d:%d:%d:%d:%d" % key
                 args += (job.job_id, job.payload, job.gid, packed)
             args += self.scripts.replay_tag("enqueue_batch")
+            if once is not None:
+                args += once
             reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
             refused = {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
             for position, job in enumerate(chunk):
@@ -599,14 +615,22 @@ class OmniqClient:
 
         ``results``: (position in ``leases``, ttl_ms, payload) of the return values to
         store in ``{Q}:result:<id>`` with that TTL when the lease is acked (none: no
-        extra argument at all).
+        extra argument at all). Sent grouped by TTL, two arguments per result: each
+        argument costs redis-py about half a microsecond to pack.
         """
         args = _lease_args(now_ms, leases)
         args += self.scripts.replay_tag("ack_success_batch")
         if results:
-            args.append(len(results))
+            groups: dict[int, list[bytes]] = {}
             for position, ttl_ms, payload in results:
-                args += (position + 1, ttl_ms, payload)
+                group = groups.get(ttl_ms)
+                if group is None:
+                    group = groups[ttl_ms] = []
+                group += (_position_arg(position), payload)
+            args.append(len(groups))
+            for ttl_ms, group in groups.items():
+                args += (str(ttl_ms).encode(), len(group) // 2)
+                args += group
         return ("ack_success_batch", keys.queue_anchor(queue), args)
 
     def ack_fail_batch_call(
@@ -707,6 +731,46 @@ class OmniqClient:
             raise ValueError("child_id must be a non-empty str")
         reply = self._raise_if_err(self._call("child_ack", keys.child_anchor(key), child_id))
         return int(reply[1])
+
+    # -- fan-outs (extension scripts, docs/workflows.md) --------------------------
+
+    def fanout_open(self, key: str, n: int, ttl_ms: int, then: bytes, on_error: bytes,
+                    queues: Sequence[str]) -> tuple[bool, bool]:
+        """Open fan-out ``key`` of ``n`` children: (opened now, every child was published).
+
+        A key opened before (a retried parent) changes nothing and answers
+        (False, whether its publisher got to the end).
+        """
+        reply = self._raise_if_err(self._call(
+            "fanout_open", keys.child_anchor(key), check_int("n", n, 0), check_int("ttl_ms", ttl_ms, 1),
+            then, on_error, msgspec.json.encode(list(queues)), 0))
+        if _text(reply[0]) == "OK":
+            return True, False
+        return False, _text(reply[1]) == "1"
+
+    @staticmethod
+    def fanout_child_call(key: str, child_id: str, index: int, entry: bytes) -> ScriptCall:
+        """fanout_child: count child ``index`` of fan-out ``key`` as ended (``entry``: "+task\nJSON"
+        or "-task\nerror"); its reply says COUNTED, DUP, FIRE, FIRED or GONE."""
+        return ("fanout_child", keys.child_anchor(key), [child_id, index, entry])
+
+    def fanout_mark(self, key: str, field: str, value: str) -> bool:
+        """Note "published" = "1" or "state" = "fired" on fan-out ``key``; False when it is gone."""
+        reply = self._raise_if_err(self._call("fanout_mark", keys.child_anchor(key), field, value))
+        return _text(reply[0]) == "OK"
+
+    def fanout_info(self, key: str) -> dict[str, str]:
+        """The fan-out's record (``{cc:<key>}:fo``): n, state, then, on_error, queues, ...; {} when gone."""
+        raw = self.redis.hgetall(keys.fanout_key(key, "fo"))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def fanout_entries(self, key: str, n: int) -> list[bytes | None]:
+        """The children's entries of fan-out ``key`` in order (None: not counted), 1000 per call."""
+        out: list[Any] = []
+        res = keys.fanout_key(key, "res")
+        for start in range(0, n, MAX_CALL_JOBS):
+            out += self.redis.hmget(res, [str(i) for i in range(start, min(n, start + MAX_CALL_JOBS))])
+        return [entry.encode() if isinstance(entry, str) else entry for entry in out]
 
     # -- reads ---------------------------------------------------------------------
 

@@ -26,9 +26,13 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {Q}:result:<id>           a job's return value as JSON, PX = its result_ttl (extension)
     {Q}:watching              ZSET  ids a handle.get() waits on, score = until ms (extension)
     {Q}:done:<id>             LIST  wake-up token for those waiters, short TTL (extension)
+    {Q}:once:<workflow id>    SET   job ids a workflow published here, TTL (extension)
     {cc:<key>}:meta           anchor of a fan-in counter
     {cc:<key>}:count          remaining children
     {cc:<key>}:done           SET   acked child ids
+    {cc:<key>}:fo             HASH  a fan-out's record, TTL (extension, docs/workflows.md)
+    {cc:<key>}:res            HASH  a fan-out's child outcomes by index, TTL (extension)
+    {omniq-tasks}:fanouts     ZSET  open fan-outs, score = next sweep (extension)
 """
 
 from __future__ import annotations
@@ -84,6 +88,20 @@ def queue_anchor(queue: str) -> str:
     if not isinstance(queue, str):  # unhashable names must still get the clear error
         validate_queue(queue)
     return _anchor(queue)
+
+
+def fanout_key(key: str, part: str) -> str:
+    """``{cc:<key>}:<part>``: a fan-out's own keys beside its counter (fo, res; docs/workflows.md)."""
+    return child_anchor(key)[:-len("meta")] + part
+
+
+def once_key(queue: str, workflow_id: str) -> str:
+    """``{Q}:once:<id>``: the job ids a workflow published to queue Q (enqueue_batch's once-set)."""
+    return f"{{{queue}}}:once:{workflow_id}"
+
+
+# The fan-outs whose children and callback the workers' sweeper checks (one key; docs/workflows.md).
+FANOUT_INDEX = "{omniq-tasks}:fanouts"
 
 
 def child_anchor(key: str) -> str:

@@ -45,13 +45,11 @@ PROTOCOL_SCRIPTS = (
 # omniq-tasks extensions: new file names, never called by the official SDKs.
 EXTENSION_SCRIPTS = (
     "enqueue_batch", "reserve_batch", "ack_success_batch", "ack_fail_batch", "heartbeat_batch",
-    "reap_leases",
+    "reap_leases", "fanout_open", "fanout_child", "fanout_mark",
 )
 ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 
 ScriptCall = tuple[str, str, Sequence[Any]]  # script name, anchor (KEYS[1]), ARGV
-# NOSCRIPT answers in a row before a call gives up (each one loads the script again).
-NOSCRIPT_TRIES = 100
 # Cluster replies that mean the call did not run on that node: send it again the ordinary way.
 _NOT_RUN_HERE = (AskError, ClusterDownError, TryAgainError)  # MovedError is an AskError
 _LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -152,24 +150,23 @@ class Scripts:
         return self._call_loading(name, anchor, args)
 
     def _call_loading(self, name: str, anchor: str, args: Sequence[Any], load_first: bool = False) -> Any:
-        """EVALSHA the ordinary way (redis-py's routing and retries), loading the script on NOSCRIPT.
+        """EVALSHA the ordinary way (redis-py's routing and retries); on NOSCRIPT, EVAL.
 
-        ``SCRIPT FLUSH`` can strike between the load and the call, so this loads and
-        tries again until the call runs or a real error comes.
+        EVAL sends the source, and loads and runs it in one command, so a
+        ``SCRIPT FLUSH`` cannot strike between the load and the call (it also leaves
+        the script cached for the EVALSHAs that follow).
         """
-        sha = self._scripts[name].sha
-        for _ in range(NOSCRIPT_TRIES):
+        try:
             if load_first:
-                self._client.script_load(script_source(name))
+                return self._client.eval(script_source(name), 1, anchor, *args)
             try:
-                return self._client.evalsha(sha, 1, anchor, *args)
+                return self._client.evalsha(self._scripts[name].sha, 1, anchor, *args)
             except NoScriptError:
-                load_first = True
-            except (ClusterDownError, RedisClusterException) as exc:
-                # The slot's master is gone or cannot be found (redis-py retried already):
-                # like an unreachable server, the caller keeps the call and tries again.
-                raise redis.ConnectionError(f"the Redis Cluster cannot serve {anchor}: {exc}") from exc
-        raise NoScriptError(f"script {name} was flushed {NOSCRIPT_TRIES} times in a row as it was loaded")
+                return self._client.eval(script_source(name), 1, anchor, *args)
+        except (ClusterDownError, RedisClusterException) as exc:
+            # The slot's master is gone or cannot be found (redis-py retried already):
+            # like an unreachable server, the caller keeps the call and tries again.
+            raise redis.ConnectionError(f"the Redis Cluster cannot serve {anchor}: {exc}") from exc
 
     def call_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run the calls in order in one round trip; each reply, or the exception it raised.

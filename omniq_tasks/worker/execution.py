@@ -35,11 +35,13 @@ import msgspec
 
 from ..arguments import TaskArgumentError
 from ..defaults import MAX_DUE_MS, MAX_ERROR_BYTES
-from ..errors import Retry
+from ..errors import Retry, TimeLimitExceeded
 from ..outcome import Outcome
 from ..context import JobContext
 from ..envelope import read_envelope
 from ..logcontext import JobLogContext, current_job
+from ..results import UNENCODABLE_MARK
+from ..fanout import load_child_results
 
 if TYPE_CHECKING:
     from ..app import App
@@ -63,14 +65,14 @@ def clip_error(text: str) -> str:
     return text.encode("utf-8", "replace")[:MAX_ERROR_CHARS].decode("utf-8", "ignore")
 
 
-# The return value as JSON; a type msgspec cannot encode leaves the result empty.
+# The return value as JSON (see succeeded() for a type msgspec cannot encode).
 _encode_result = msgspec.json.Encoder().encode
 
 
 class PreparedCall:
     """A decoded job, ready to call: the task and its keyword arguments."""
 
-    __slots__ = ("task", "kwargs", "log_context", "expires_ms", "job")
+    __slots__ = ("task", "kwargs", "log_context", "expires_ms", "job", "fanin")
 
     def __init__(self, task: Task[Any, Any], kwargs: dict[str, Any], expires_ms: int = 0) -> None:
         self.task = task
@@ -81,6 +83,8 @@ class PreparedCall:
         self.job: ReservedJob | None = None
         # set as logcontext.current_job while the body runs (decode_leased fills it)
         self.log_context: JobLogContext | None = None
+        # a fan-out's callback: (the fan-out's key, the parameter that gets its children's outcomes)
+        self.fanin: tuple[str, str] | None = None
 
 
 def server_now_ms(job: ReservedJob | None) -> int:
@@ -169,11 +173,23 @@ def classify(prepared: PreparedCall, exc: BaseException, duration_ms: float) -> 
         return crashed(name, exc, duration_ms)
 
 
+def timed_out(prepared: PreparedCall | None, task: str, error: str, ran_s: float) -> Outcome:
+    """A run ended by its hard limit: retried or failed as the task's policy says for
+    TimeLimitExceeded (dont_retry_for, exponential backoff), with ``error`` as last_error."""
+    outcome = Outcome(False, task, error, duration_ms=ran_s * 1000)
+    if prepared is None:
+        return outcome
+    verdict = classify(prepared, TimeLimitExceeded(error.partition(": ")[2]), ran_s * 1000)
+    return msgspec.structs.replace(verdict, error=error)
+
+
 def decode_job(registry: Registry, queue: str, payload: str | bytes,
                make_context: Callable[[], JobContext]) -> PreparedCall | Outcome:
     """Find the task for a leased job's payload and decode its arguments, or say why it cannot run."""
     name = ""
     expires_ms = 0
+    flow: Any = None
+    fanin: Any = None
     try:
         envelope = read_envelope(payload)
         if envelope is None:
@@ -206,11 +222,17 @@ def decode_job(registry: Registry, queue: str, payload: str | bytes,
             expires = envelope.meta.get("expires_ms") if envelope.meta else None
             if isinstance(expires, int) and not isinstance(expires, bool) and expires > 0:
                 expires_ms = expires
+            flow = envelope.meta.get("flow") if envelope.meta else None
+            fanin = flow.get("fanin") if isinstance(flow, dict) else None
     except BaseException as exc:  # RecursionError on deep nesting, MemoryError: retrying cannot help
         return Outcome(False, name, "payload could not be decoded: " + exception_line(exc), final=True)
     if task.codec.context_param is not None:
         kwargs[task.codec.context_param] = make_context()
-    return PreparedCall(task, kwargs, expires_ms)
+    prepared = PreparedCall(task, kwargs, expires_ms)
+    if envelope is not None and isinstance(fanin, str) and fanin:
+        arg = flow.get("arg") if isinstance(flow, dict) else ""
+        prepared.fanin = (fanin, arg if isinstance(arg, str) else "")
+    return prepared
 
 
 def job_context(app: App, job: ReservedJob) -> Callable[[], JobContext]:
@@ -228,6 +250,10 @@ def decode_leased(app: App, job: ReservedJob) -> PreparedCall | Outcome:
         if isinstance(prepared, PreparedCall):
             prepared.log_context = JobLogContext(job.job_id, prepared.task.name, job.attempt, job.queue)
             prepared.job = job
+            if prepared.fanin is not None:
+                gone = _give_children_outcomes(app, prepared)
+                if gone is not None:
+                    return gone
             if prepared.expires_ms:
                 now_ms = server_now_ms(job)
                 if now_ms > prepared.expires_ms:
@@ -242,6 +268,21 @@ def decode_leased(app: App, job: ReservedJob) -> PreparedCall | Outcome:
         return crashed("", exc)
 
 
+def _give_children_outcomes(app: App, prepared: PreparedCall) -> Outcome | None:
+    """Put a fan-out callback's children outcomes in its first parameter; the failed
+    Outcome when the fan-out is gone (a Redis error raises: the job is retried)."""
+    assert prepared.fanin is not None
+    key, arg = prepared.fanin
+    try:
+        results = load_child_results(app.client, key, app.registry.get)
+    except LookupError as exc:
+        return Outcome(False, prepared.task.name, f"{exc}: the callback cannot get its children's outcomes",
+                       final=True)
+    if arg:
+        prepared.kwargs[arg] = results
+    return None
+
+
 def crashed(task: str, exc: BaseException, duration_ms: float = 0.0) -> Outcome:
     """The failed Outcome for an exception that escaped a task's own handling; never raises."""
     return Outcome(False, task, describe_exception(exc), duration_ms=duration_ms)
@@ -251,19 +292,21 @@ def succeeded(task: str, value: Any, duration_ms: float) -> Outcome:
     """The ok Outcome of a body that returned ``value``; never raises.
 
     A value msgspec cannot encode does not fail the job (its body ran and
-    succeeded): the result stays empty and a WARNING says why.
+    succeeded: failing would run it again): UNENCODABLE_MARK and the reason are
+    kept instead, so ``get()`` raises ResultEncodeError, and a WARNING says why.
     """
     if value is None:
         return Outcome(True, task, duration_ms=duration_ms)
     try:
         result = _encode_result(value)
     except BaseException as exc:
+        reason = exception_line(exc)
+        result = UNENCODABLE_MARK + f"{type(value).__qualname__}: {reason}".encode(errors="replace")
         try:
             log.warning("task %s returned a %s that cannot be encoded as JSON; result not kept: %s",
-                        task, type(value).__name__, exception_line(exc))
+                        task, type(value).__name__, reason)
         except BaseException:  # logging itself failed (MemoryError): the job still succeeded
             pass
-        result = b""
     return Outcome(True, task, result=result, duration_ms=duration_ms)
 
 

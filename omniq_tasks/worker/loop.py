@@ -39,6 +39,8 @@ from .process_pool import ProcessRunner
 from .runners import InlineRunner, Runner, RunnerFactory, ThreadRunner
 from .execution import utc_clock
 from .troubles import Troubles
+from .flows import Flows, carries_flow
+from .fanout_sweeper import FanoutSweeper
 
 if TYPE_CHECKING:
     from ..app import App
@@ -119,11 +121,13 @@ class Worker:
         elif pool == "processes":
             if not app_path:
                 raise ValueError("pool='processes' needs app_path ('module:app') for the children")
-            self.runner = ProcessRunner(app_path, self.concurrency, self._done)
+            self.runner = ProcessRunner(app_path, self.concurrency, self._done, app.registry.get)
         elif pool == "inline":
             self.runner = InlineRunner(app, self._done)
         else:
             self.runner = ThreadRunner(app, self.concurrency, self._done, on_free=self._slot_freed)
+        self.flows = Flows(app, lambda job, outcome: self._events.put((job, outcome)))
+        self.sweeper = FanoutSweeper(app)
         self.renewal = Renewal(self.client, self.leases, self.troubles)
         self.maintenance = Maintenance(self.client, self.queues, maintenance_interval_s, self.troubles)
         self.exchanger = Exchanger(self.client, self.queues, self.concurrency, self.leases,
@@ -151,7 +155,10 @@ class Worker:
     # -- one pass ---------------------------------------------------------------------
 
     def _done(self, job: ReservedJob, outcome: Outcome) -> None:
-        self._events.put((job, outcome))
+        if carries_flow(job):  # a workflow's job: its step comes before its ack
+            self.flows.submit(job, outcome)
+        else:
+            self._events.put((job, outcome))
 
     def _slot_freed(self) -> None:
         """A body that outlived its time limit returned (runner thread): lease into its slot."""
@@ -176,6 +183,8 @@ class Worker:
             self.renewal.renew(now)
         if self.maintenance.due(now):
             self.maintenance.run(now)
+        if self.sweeper.due(now):
+            self.sweeper.run(now)
             if now - self._summary[0] >= SUMMARY_INTERVAL_S:
                 self._log_summary(now)
         self.exchanger.concurrency = self._slots()
@@ -244,6 +253,7 @@ class Worker:
             return self._finish()
         finally:
             self.runner.stop()
+            self.flows.stop()
             if started_hooks and self.hooks.on_worker_stop:
                 self.hooks.run_worker(self.hooks.on_worker_stop, self)
 

@@ -46,15 +46,18 @@ import time
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import msgspec
 
-from .execution import crashed, exception_line
+from .execution import PreparedCall, crashed, exception_line, timed_out
 from .time_limits import hard_error
 from ..logcontext import JsonFormatter, TextFormatter
 from ..outcome import Outcome
 from ..protocol.models import ReservedJob
+
+if TYPE_CHECKING:
+    from ..task import Task
 
 log = logging.getLogger("omniq_tasks.worker")
 OnDone = Callable[[ReservedJob, Outcome], None]
@@ -178,8 +181,12 @@ def how_it_ended(exitcode: int | None) -> str:
 class ProcessRunner:
     """A pool of ``size`` spawned children running the app at ``app_path`` ("module:app")."""
 
-    def __init__(self, app_path: str, size: int, on_done: OnDone) -> None:
+    def __init__(self, app_path: str, size: int, on_done: OnDone,
+                 find_task: Callable[[str], Task[Any, Any] | None] | None = None) -> None:
         self.app_path = app_path
+        # the parent's registry lookup: a run killed at its time limit is retried or
+        # failed under its task's policy (the child that knew it is gone)
+        self._find_task = find_task
         self.size = size
         self._on_done = on_done
         root = logging.getLogger()
@@ -376,8 +383,8 @@ class ProcessRunner:
         job = child.job
         if job is not None and child.killed_for:
             log.info("worker process %s killed at the time limit of job=%s; starting another", pid, job.job_id)
-            self._report(job, Outcome(False, _task_name(job), child.killed_for,
-                                      duration_ms=(time.monotonic() - child.started) * 1000))
+            self._report(job, _killed_at_limit_outcome(self._find_task, job, child.killed_for,
+                                                       time.monotonic() - child.started))
         elif child.killed_for:
             log.info("worker process %s killed at a time limit its job met just in time; starting another", pid)
         elif job is not None:
@@ -400,6 +407,18 @@ class ProcessRunner:
             self._on_done(job, outcome)
         except BaseException:
             log.exception("reporting job=%s failed", job.job_id)
+
+
+def _killed_at_limit_outcome(find_task: Callable[[str], Task[Any, Any] | None] | None, job: ReservedJob,
+                             error: str, ran_s: float) -> Outcome:
+    """The outcome of a job whose child was killed at its hard limit, under its task's policy."""
+    name = _task_name(job)
+    task = find_task(name) if find_task is not None and name else None
+    prepared = None
+    if task is not None:
+        prepared = PreparedCall(task, {})
+        prepared.job = job
+    return timed_out(prepared, name, error, ran_s)
 
 
 def _task_name(job: ReservedJob) -> str:

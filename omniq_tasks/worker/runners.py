@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import msgspec
 
-from .execution import PreparedCall, call, call_async, classify, crashed, decode_leased
+from .execution import PreparedCall, call, call_async, crashed, decode_leased, timed_out
 from .time_limits import (HARD_CANCEL, SoftAlarm, Watchdog, hard_error, interrupt_thread, limits_of,
                           soft_exception_type, soft_limited, soft_message)
-from ..errors import SoftTimeLimitExceeded, TimeLimitExceeded
+from ..errors import SoftTimeLimitExceeded
 from ..outcome import Outcome
 from ..middleware import Hooks
 from ..protocol.models import ReservedJob
@@ -212,16 +212,6 @@ async def _limited_async(prepared: PreparedCall, run: _Run) -> Outcome:
 
 
 _RUNNING, _DONE, _TIMED_OUT = 0, 1, 2
-
-
-def timed_out(prepared: PreparedCall | None, task: str, error: str, ran_s: float) -> Outcome:
-    """A run ended by its hard limit: retried or failed as the task's policy says for
-    TimeLimitExceeded (dont_retry_for, exponential backoff), with ``error`` as last_error."""
-    outcome = Outcome(False, task, error, duration_ms=ran_s * 1000)
-    if prepared is None:
-        return outcome
-    verdict = classify(prepared, TimeLimitExceeded(error.partition(": ")[2]), ran_s * 1000)
-    return msgspec.structs.replace(verdict, error=error)
 
 
 class _Run:

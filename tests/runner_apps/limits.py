@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from omniq_tasks.app import App
-from omniq_tasks.errors import SoftTimeLimitExceeded
+from omniq_tasks.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from runner_apps.poison import note
 
 app = App("limits", queue="tq", max_attempts=1, timeout_ms=5000, backoff_ms=0, time_limit=1.0)
@@ -29,6 +29,18 @@ def hang(path: str, tag: str, seconds: float) -> str:
     time.sleep(seconds)
     note(path, tag + "-end")
     return "late"
+
+
+@app.task(name="hang_final", dont_retry_for=(TimeLimitExceeded,))
+def hang_final(path: str, tag: str, seconds: float) -> str:
+    """hang, whose time-outs are not retried."""
+    return hang(path, tag, seconds)
+
+
+@app.task(name="hang_later", retry_backoff=60, retry_jitter=False)
+def hang_later(path: str, tag: str, seconds: float) -> str:
+    """hang, whose time-outs retry after an exponential backoff starting at 60 s."""
+    return hang(path, tag, seconds)
 
 
 @app.task(name="soft", soft_time_limit=0.5, time_limit=3.0)
