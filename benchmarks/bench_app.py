@@ -10,6 +10,7 @@ Each App has its tasks on one queue, so a worker started with the default settin
     group_app  queue bench-groups  ``gnoop``  1,000 groups of limit 1
     lat_app    queue bench-lat     ``lat``    latency, foreign producers, idle CPU
     rss_app    queue bench-rss     ``rnoop``  RSS over a long run
+    fan_app    queue bench-fan     ``fchild`` children of one fan-out, ``fsum`` its callback
     multi_app  queues bench-c0, bench-c2, bench-c3   ``cnoop0/2/3``  three queues, one worker:
                on a 3-master Redis Cluster each queue's slot is on another master
                (the same app runs the standalone figure it is compared with)
@@ -35,6 +36,7 @@ import time
 
 import msgspec
 
+from omniq_tasks import ChildResult
 from omniq_tasks.app import App
 from omniq_tasks.middleware import AckResult, Middleware
 from omniq_tasks.outcome import Outcome
@@ -48,6 +50,7 @@ async_app = App("bench-async", queue="bench-async")
 group_app = App("bench-groups", queue="bench-groups")
 lat_app = App("bench-lat", queue="bench-lat")
 result_app = App("bench-results", queue="bench-results")
+fan_app = App("bench-fan", queue="bench-fan")
 
 
 class NoopMiddleware(Middleware):
@@ -112,6 +115,17 @@ class Small(msgspec.Struct):
 def rstruct(i: int = 0) -> Small:
     _ran()
     return Small(i, "ok")
+
+
+@fan_app.task
+def fchild(i: int = 0) -> int:
+    return i
+
+
+@fan_app.task
+def fsum(children: list[ChildResult[int]]) -> int:
+    """The fan-out's callback: every child's value, in order."""
+    return sum(c.value for c in children if c.ok and c.value is not None)
 
 
 @mw_app.task

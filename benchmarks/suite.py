@@ -48,6 +48,7 @@ class Settings:
     pin: str = "same"
     settle_s: float = 0.5          # pause before idle measurements and before stopping a worker
     cluster_jobs: int = 30_000     # 3 queues, standalone and a 3-master cluster
+    fanout_children: int = 10_000  # one fan-out, end to end (publish, children, callback)
     only: tuple[str, ...] = ()     # measure groups to run (empty: all of MEASURES)
     smoke: bool = False
 
@@ -55,7 +56,7 @@ class Settings:
     def smoke_settings(cls) -> Settings:
         return cls(publish_jobs=200, bulk_jobs=1000, jobs=400, peer_jobs=100, repeat=1,
                    latency_s=0.5, idle_s=0.5, foreign_jobs=1, rss_jobs=2000, rss_chunk=500,
-                   rss_backlog=1000, settle_s=0.2, cluster_jobs=300, smoke=True)
+                   rss_backlog=1000, settle_s=0.2, cluster_jobs=300, fanout_children=300, smoke=True)
 
     @property
     def rss_sample_at(self) -> int:
@@ -387,6 +388,29 @@ class Suite:
         return self._drained_rate(kind, cmd, n, lambda: self.redis.zcard(keys.idx_key(queue, "wait"))
                                   + self.redis.zcard(keys.lane_key(queue, "active")))
 
+    def fanout_ours(self, n: int) -> float:
+        """Children/s of one n-child fan-out end to end: from app.fanout() (bulk publish)
+        until its callback's result is read, on a worker started beforehand."""
+        app = self.bench_app
+        self.flush()
+        log_name = "worker-fanout.log"
+        proc = self.spawn(self.worker_cmd("fan_app"), log_name)
+        try:
+            warm = app.fan_app.fanout([app.fchild.s(1)], then=app.fsum.s())
+            if warm.get(timeout=30) != 1:
+                raise BenchError(f"the warm-up fan-out went wrong; log: {self.log_tail(log_name)}")
+            start = time.perf_counter()
+            handle = app.fan_app.fanout([app.fchild.s(i) for i in range(n)], then=app.fsum.s())
+            total = handle.get(timeout=60 + n / 100)
+            elapsed = time.perf_counter() - start
+            if total != n * (n - 1) // 2:
+                raise BenchError(f"the callback summed {total}, not {n * (n - 1) // 2}")
+            self.details.append(f"rep {self.rep}, ours fan-out: {n:,} children, app.fanout() to the "
+                                f"callback's result {elapsed:.3f} s = {n / elapsed:,.0f} children/s")
+            return n / elapsed
+        finally:
+            self.stop(proc, "fan-out worker")
+
     def _drained_rate(self, kind: str, cmd: list[str], n: int, left: Callable[[], int],
                       extra_env: dict[str, str] | None = None) -> float:
         """Run a ``--drain`` worker on n pre-published jobs; rate from the tasks' own clocks.
@@ -449,20 +473,22 @@ class Suite:
             for kind in ("threads", "results", "middleware", "processes", "async", "groups"):
                 self.attempt([f"process_{kind}"], lambda kind=kind: self._record(
                     f"process_{kind}", ours=self.process_ours(kind, s.jobs)))
+            self.attempt(["process_fanout"], lambda: self._record(
+                "process_fanout", ours=self.fanout_ours(s.fanout_children)))
             self.attempt(["process_threads", "process_processes", "process_async"],
                          lambda: self._record("process_threads", peer=self.process_peer(False, s.peer_jobs)))
             self.attempt(["process_groups"], lambda: self._record(
                 "process_groups", peer=self.process_peer(True, s.peer_jobs)))
             log(f"process rep {rep + 1}/{s.repeat}: " + ", ".join(
                 f"{k} {self._last('process_' + k, 'ours')}"
-                for k in ("threads", "results", "middleware", "processes", "async", "groups"))
+                for k in ("threads", "results", "middleware", "processes", "async", "groups", "fanout"))
                 + f"; peer {self._last('process_threads', 'peer')}, "
                   f"groups {self._last('process_groups', 'peer')}")
         peer = self.figure("process_threads").peer
         for kind in ("processes", "async"):  # the SDK has one consume loop: the same peer figure
             self.figure(f"process_{kind}").peer = list(peer)
         ungrouped, grouped = self.figure("process_threads"), self.figure("process_groups")
-        for kind in ("results", "middleware"):  # next to the plain worker of the same run
+        for kind in ("results", "middleware", "fanout"):  # next to the plain worker of the same run
             other, ratio = self.figure(f"process_{kind}"), self.figure(f"{kind}_share")
             if ungrouped.ours_value and other.ours_value:
                 ratio.ours = [other.ours_value / ungrouped.ours_value]

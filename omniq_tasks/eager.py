@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 import msgspec
@@ -23,7 +22,7 @@ from .context import JobContext
 from .envelope import read_envelope
 from .errors import PayloadError, TaskFailed
 from .results import JobHandle, JobStatus, decode_result
-from .signature import build_job, step_job_id
+from .signature import local_ms, build_job, step_job_id
 from .workflow_handles import ChainHandle, FanoutHandle
 
 if TYPE_CHECKING:
@@ -140,10 +139,6 @@ def run_eager(task: Task[Any, Any], queue: str, job_id: str, payload: bytes,
         return EagerHandle(task, queue, job_id, ok=True, exception=exc, result_json=data)
 
 
-def _local_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class _EagerWorkflow:
     """A workflow handle answered from an eager run's EagerHandle (its last step, or the callback)."""
 
@@ -191,7 +186,7 @@ def run_eager_chain(chain: Chain[Any], chain_id: str) -> EagerChainHandle:
     handle: EagerHandle | None = None
     for index, step in enumerate(chain.steps):
         previous = (handle.result_json or b"null") if handle is not None else None
-        job = build_job(step.spec, step.task, previous, step_job_id(chain_id, index), None, _local_ms)
+        job = build_job(step.spec, step.task, previous, step_job_id(chain_id, index), None, local_ms)
         handle = run_eager(step.task, step.spec.queue, job.job_id, job.payload)
         steps.append(handle)
         if not handle.successful():
@@ -211,7 +206,7 @@ def run_eager_fanout(app: App, key: str, children: Sequence[Signature[Any]], the
     results: list[ChildResult[Any]] = []
     for index, child in enumerate(children):
         job_id = step_job_id(key, index)
-        job = build_job(child.spec, child.task, None, job_id, None, _local_ms)
+        job = build_job(child.spec, child.task, None, job_id, None, local_ms)
         handle = run_eager(child.task, child.spec.queue, job_id, job.payload)
         error = "" if handle.successful() else handle._error
         results.append(ChildResult(index, job_id, child.task.name, handle.successful(),
@@ -221,7 +216,7 @@ def run_eager_fanout(app: App, key: str, children: Sequence[Signature[Any]], the
     if callback is None:
         done = EagerHandle(None, "", job_id, ok=True, value=results)  # type: ignore[arg-type]
         return EagerFanoutHandle(app, key, results, done)
-    job = build_job(callback.spec, callback.task, b"[]" if callback.spec.first else None, job_id, None, _local_ms)
+    job = build_job(callback.spec, callback.task, b"[]" if callback.spec.first else None, job_id, None, local_ms)
     given = {callback.spec.first: results} if callback.spec.first else None
     return EagerFanoutHandle(app, key, results,
                              run_eager(callback.task, callback.spec.queue, job_id, job.payload, given))

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Sequence, Ty
 import msgspec
 
 from .errors import TaskArgumentError
+from .middleware import run_before_publish
 from .protocol import keys
 from .protocol.client import JobSpec
 from .protocol.ids import new_job_id
 from .results import decode_result
-from .signature import (Flow, SigSpec, Signature, build_job, splice_first, step_job_id, validate_workflow_id,
+from .signature import (Flow, SigSpec, Signature, local_ms, build_job, splice_first, step_job_id, validate_workflow_id,
                         workflow_ttl_ms)
 
 if TYPE_CHECKING:
@@ -117,9 +118,10 @@ def start_fanout(app: App, children: Sequence[Signature[Any]], then: Signature[A
 
     key = validate_workflow_id(key) if key is not None else "fo-" + new_job_id()
     then_json, error_json = _check_callback(then, "then"), _check_callback(on_error, "on_error")
-    client = app.client
-    now_ms = client.server_now_ms
+    # the server's clock, asked only for a child with a countdown (never in eager mode)
+    now_ms = local_ms if app.eager else app.client.server_now_ms
     by_queue: dict[str, list[JobSpec]] = {}
+    jobs: list[JobSpec] = []
     for index, child in enumerate(children):
         if not isinstance(child, Signature):
             raise TypeError(f"fan-out child {index} must be a signature (task.s(...)), not {type(child).__name__}")
@@ -128,17 +130,22 @@ def start_fanout(app: App, children: Sequence[Signature[Any]], then: Signature[A
                                     f"{child.spec.first!r} (a child takes nothing from before)")
         job = build_job(child.spec, child.task, None, step_job_id(key, index), {"flow": Flow(fo=(key, index))}, now_ms)
         by_queue.setdefault(child.spec.queue, []).append(job)
+        jobs.append(job)
     if app.eager:
         from .eager import run_eager_fanout
 
         return run_eager_fanout(app, key, children, then, on_error)
+    if app.middleware:  # after every child is checked: a refused one publishes nothing
+        for child, job in zip(children, jobs):
+            run_before_publish(app, child.task, job)
+    client = app.client
     ttl_ms = workflow_ttl_ms(app)
     # Indexed first: whatever stops us below, a sweeper finds the fan-out (and drops it if it never opened).
     client.redis.zadd(keys.FANOUT_INDEX, {key: now_ms() + int(app.workflow_sweep * 1000)})
     opened, published = client.fanout_open(key, len(children), ttl_ms, then_json, error_json, list(by_queue))
     if not published:
-        for queue, jobs in by_queue.items():
-            client.enqueue_many(queue, jobs, wake_cap=app.wake_cap, once=(key, ttl_ms))
+        for queue, queued in by_queue.items():
+            client.enqueue_many(queue, queued, wake_cap=app.wake_cap, once=(key, ttl_ms))
         client.fanout_mark(key, "published", "1")
     if opened and not children:  # nothing to wait for
         fire_callback(client, key, then_json, error_json, 0, app.registry.get, app.wake_cap, ttl_ms)

@@ -15,12 +15,14 @@ trimmed from the completed lane.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Generic, Optional, Sequence, TypeVar, Union
 
 import msgspec
 
 from .envelope import build_envelope
 from .errors import InvalidOptionError, TaskArgumentError
+from .middleware import run_before_publish
 from .protocol.client import JobSpec, job_spec
 from .protocol.ids import new_job_id
 from .protocol.keys import validate_gid, validate_queue
@@ -162,8 +164,14 @@ class Signature(Generic[R]):
         if self.spec.first:
             raise TaskArgumentError(f"task {self.task.name}: missing argument {self.spec.first!r} "
                                     "(left open for a previous step; give it, or use .si())")
-        spec = build_job(self.spec, self.task, None, new_job_id(), None, self.task.app.client.server_now_ms)
-        return self.task._publish(self.spec.queue, spec)
+        app = self.task.app
+        if app.eager:
+            from .eager import run_eager
+
+            job = build_job(self.spec, self.task, None, new_job_id(), None, local_ms)
+            return run_eager(self.task, self.spec.queue, job.job_id, job.payload)
+        return self.task._publish(self.spec.queue, build_job(self.spec, self.task, None, new_job_id(), None,
+                                                             app.client.server_now_ms))
 
     def __repr__(self) -> str:
         given = bytes(self.spec.kwargs).decode()
@@ -197,13 +205,15 @@ class Chain(Generic[R]):
         first = self.steps[0]
         app = first.task.app
         chain_id = validate_workflow_id(id, "chain id") if id is not None else "ch-" + new_job_id()
-        meta = chain_meta(chain_id, 0, [step.spec for step in self.steps[1:]])
-        spec = first.spec if countdown is None else first.set(countdown=countdown).spec
-        job = build_job(spec, first.task, None, step_job_id(chain_id, 0), meta, app.client.server_now_ms)
         if app.eager:
             from .eager import run_eager_chain
 
             return run_eager_chain(self, chain_id)
+        meta = chain_meta(chain_id, 0, [step.spec for step in self.steps[1:]])
+        spec = first.spec if countdown is None else first.set(countdown=countdown).spec
+        job = build_job(spec, first.task, None, step_job_id(chain_id, 0), meta, app.client.server_now_ms)
+        if app.middleware:
+            run_before_publish(app, first.task, job)
         app.client.enqueue_many(spec.queue, [job], wake_cap=app.wake_cap, once=(chain_id, workflow_ttl_ms(app)))
         return ChainHandle(app.client, chain_id, [(step.spec.queue, step.task) for step in self.steps])
 
@@ -237,6 +247,11 @@ def step_job_id(workflow_id: str, step: Union[int, str]) -> str:
 def chain_meta(chain_id: str, index: int, rest: list[SigSpec]) -> dict[str, Any]:
     """The envelope meta of a chain's step ``index``."""
     return {"flow": Flow(chain=ChainStep(chain_id, index, rest))}
+
+
+def local_ms() -> int:
+    """This machine's clock in epoch ms (eager mode: no Redis to ask)."""
+    return int(time.time() * 1000)
 
 
 def workflow_ttl_ms(app: App) -> int:

@@ -38,8 +38,6 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import msgspec
-
 from .execution import PreparedCall, call, call_async, crashed, decode_leased, timed_out
 from .time_limits import (HARD_CANCEL, SoftAlarm, Watchdog, hard_error, interrupt_thread, limits_of,
                           soft_exception_type, soft_limited, soft_message)
