@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar, overload
 
 import redis as redis_lib
@@ -28,10 +29,12 @@ from .task import GidRule, Task
 from .fanout import start_fanout
 from .signature import Signature, WORKFLOW_SWEEP_S, WORKFLOW_TTL_S, validate_workflow_id
 from .workflow_handles import FanoutHandle
+from .periodic import Schedule
 from .protocol.urls import redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
+TaskT = TypeVar("TaskT", bound="Task[Any, Any]")
 
 
 def _positive_seconds(name: str, value: float) -> float:
@@ -104,6 +107,7 @@ class App:
         # Retries, time limits, expiry, results, callbacks: every task's defaults.
         self.policy = Policy().merged(**life)
         self.registry = Registry()
+        self.schedules: dict[str, Schedule] = {}  # periodic schedules by name (docs/periodic.md)
         self.middleware: list[Middleware] = []  # hooks around each job's life, in order
         for mw in middleware:
             self.add_middleware(mw)
@@ -164,6 +168,41 @@ class App:
         starts nothing new. Left out, a fresh one. See docs/workflows.md.
         """
         return start_fanout(self, children, then, on_error, key)
+
+    def periodic(self, *, cron: str | None = None, every: timedelta | float | None = None, tz: str | None = None,
+                 args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, name: str | None = None,
+                 catch_up: int = 0) -> Callable[[TaskT], TaskT]:
+        """Publish a call of the decorated task periodically (put it above ``@app.task``).
+
+        ``cron="0 3 * * *"`` in time zone ``tz`` (UTC by default), or
+        ``every=timedelta(minutes=5)`` (ticks at multiples of it since the epoch). The
+        call is ``task(*args, **kwargs)``, checked now. ``name`` (default: the task's
+        name) identifies the schedule; ``catch_up``: missed ticks published after a
+        downtime (0: at most one). Run ``omniq-tasks beat`` (or ``worker --beat``).
+        """
+        def decorate(task: TaskT) -> TaskT:
+            if not isinstance(task, Task):
+                raise TypeError("@app.periodic(...) goes above @app.task: it takes a task, not "
+                                f"{type(task).__name__}")
+            self.add_periodic(task.si(*args, **(kwargs or {})), cron=cron, every=every, tz=tz,
+                              name=name, catch_up=catch_up)
+            return task
+        return decorate
+
+    def add_periodic(self, call: Signature[Any] | Task[Any, Any], *, cron: str | None = None,
+                     every: timedelta | float | None = None, tz: str | None = None, name: str | None = None,
+                     catch_up: int = 0) -> Schedule:
+        """Publish ``call`` (``task.si(...)``, or a task taking no arguments) periodically;
+        see :meth:`periodic`. Raises InvalidOptionError for a bad or duplicate schedule."""
+        signature = call.si() if isinstance(call, Task) else call
+        if not isinstance(signature, Signature):
+            raise TypeError(f"add_periodic takes a signature (task.si(...)) or a task, not {type(call).__name__}")
+        name = signature.task.name if name is None else name
+        if name in self.schedules:
+            raise InvalidOptionError(f"a schedule named {name!r} exists already (give name=...)")
+        schedule = Schedule(name, signature, cron=cron, every=every, tz=tz, catch_up=catch_up)
+        self.schedules[name] = schedule
+        return schedule
 
     def fanout_handle(self, key: str) -> FanoutHandle:
         """The handle of a fan-out started earlier (e.g. in another process), by its key."""

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import traceback
+from typing import TYPE_CHECKING
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    from ..app import App
 
 # What --embedded means: the embedded server's folder in the current directory.
 EMBEDDED_URL = "embedded://./.omniq"
@@ -28,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the tasks of APP ('module:attr', imported with the current "
                     "directory on the import path). With several queues, earlier ones "
                     "are served first.")
-    worker.add_argument("app", metavar="APP", help="the App to run, e.g. shop.tasks:app")
+    _add_app_options(worker)
     worker.add_argument("-Q", "--queues", help="comma-separated queues (default: every queue of the app's tasks)")
     worker.add_argument("-c", "--concurrency", type=int, default=None,
                         help=f"jobs leased and run at once (default: {DEFAULT_THREAD_SLOTS} with threads, the CPU count with processes)")
@@ -43,21 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM/SIGINT, how long running jobs may take to finish (default 30)")
     worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
                         help="longest idle wait before looking for jobs again (default 1)")
-    where = worker.add_mutually_exclusive_group()
-    where.add_argument("--redis-url", default=None, metavar="URL",
-                       help="the Redis to use instead of the app's (redis://, rediss://, unix://, "
-                            "redis+cluster://, redis+sentinel://, embedded://FOLDER)")
-    where.add_argument("--embedded", action="store_true",
-                       help=f"use the embedded server in {EMBEDDED_URL[len('embedded://'):]} "
-                            f"(the same as --redis-url {EMBEDDED_URL}), started if not running")
-    worker.add_argument("--log-level", default=None,
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-                        help="INFO: start, stop, failures, retries and a summary a minute; "
-                             "DEBUG adds one line per job start and end (default INFO; an app "
-                             "that set up logging itself keeps its levels unless this is given)")
-    worker.add_argument("--log-format", default="text", choices=("text", "json"),
-                        help="text lines, or one JSON object per line (time, level, logger, message, "
-                             "job_id, task, attempt); only when the app did not set up logging itself")
+    worker.add_argument("--beat", action="store_true",
+                        help="also run the scheduler (as `omniq-tasks beat`) in this process")
+    beat = commands.add_parser(
+        "beat", help="publish the app's periodic schedules",
+        description="Publish each tick of APP's schedules (@app.periodic, app.add_periodic). "
+                    "Any number may run at once: each tick is published once.")
+    _add_app_options(beat)
+    schedules = commands.add_parser(
+        "schedules", help="list the app's schedules: next run, last published tick",
+        description="List APP's periodic schedules with their next run and the last tick any "
+                    "scheduler published.")
+    _add_app_options(schedules)
     demo = commands.add_parser(
         "demo", help="a few seconds of the framework at work, on a throwaway embedded server",
         description="Publish 300 typed emails in per-company FIFO groups (at most two at once), "
@@ -69,13 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    from ..app import load_app
-    from ..errors import OmniqError
-    from ..protocol.urls import redact_text
-    from ..worker.loop import Worker
+def _add_app_options(command: argparse.ArgumentParser) -> None:
+    """APP, where Redis is, and logging: what every command that loads an app takes."""
+    command.add_argument("app", metavar="APP", help="the App, e.g. shop.tasks:app")
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--redis-url", default=None, metavar="URL",
+                       help="the Redis to use instead of the app's (redis://, rediss://, unix://, "
+                            "redis+cluster://, redis+sentinel://, embedded://FOLDER)")
+    where.add_argument("--embedded", action="store_true",
+                       help=f"use the embedded server in {EMBEDDED_URL[len('embedded://'):]} "
+                            f"(the same as --redis-url {EMBEDDED_URL}), started if not running")
+    command.add_argument("--log-level", default=None,
+                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                         help="INFO: start, stop, failures, retries and a summary a minute; "
+                              "DEBUG adds one line per job start and end (default INFO; an app "
+                              "that set up logging itself keeps its levels unless this is given)")
+    command.add_argument("--log-format", default="text", choices=("text", "json"),
+                         help="text lines, or one JSON object per line (time, level, logger, message, "
+                              "job_id, task, attempt); only when the app did not set up logging itself")
 
+
+def _load_app(args: argparse.Namespace) -> App | int:
+    """The App named by ``args.app`` with logging set up and ``--redis-url``/``--embedded``
+    applied, or the exit code (2) after saying why it cannot be loaded."""
+    from ..app import load_app
     from ..logcontext import JsonFormatter, TextFormatter, install_filter
+    from ..protocol.urls import redact_text
 
     try:
         app = load_app(args.app)  # first: the app's module may set up logging itself
@@ -103,6 +124,18 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.embedded or args.redis_url:
         app.close()  # in case the module already used the app's own URL
         app.redis_url = EMBEDDED_URL if args.embedded else args.redis_url
+    return app
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from ..errors import OmniqError
+    from ..protocol.urls import redact_text
+    from ..worker.beat import Beat
+    from ..worker.loop import Worker
+
+    app = _load_app(args)
+    if isinstance(app, int):
+        return app
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     if args.concurrency is not None and args.concurrency < 1:
         print("omniq-tasks: --concurrency must be >= 1", file=sys.stderr)
@@ -114,11 +147,47 @@ def run_worker(args: argparse.Namespace) -> int:
     except (OmniqError, ValueError) as exc:
         print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    beat = Beat(app) if args.beat else None
+    if beat is not None:  # in a thread of this process; stopped with the worker
+        threading.Thread(target=beat.run, name="omniq-beat", daemon=True).start()
     try:
         return worker.run()
     except OmniqError as exc:  # e.g. Redis unreachable when the worker starts
         print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        if beat is not None:
+            beat.stop()
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..worker.beat import Beat
+
+    app = _load_app(args)
+    if isinstance(app, int):
+        return app
+    beat = Beat(app)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: beat.stop())
+    return beat.run()
+
+
+def run_schedules(args: argparse.Namespace) -> int:
+    from .schedules import print_schedules
+    from ..errors import OmniqError
+    from ..protocol.urls import redact_text
+
+    app = _load_app(args)
+    if isinstance(app, int):
+        return app
+    try:
+        print_schedules(app)
+    except OmniqError as exc:
+        print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "beat":
+        return run_beat(args)
+    if args.command == "schedules":
+        return run_schedules(args)
     if args.command == "demo":
         from .demo import run
         from ..errors import OmniqError

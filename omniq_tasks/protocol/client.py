@@ -732,6 +732,25 @@ class OmniqClient:
         reply = self._raise_if_err(self._call("child_ack", keys.child_anchor(key), child_id))
         return int(reply[1])
 
+    # -- periodic ticks (extension script, docs/periodic.md) -----------------------
+
+    def enqueue_tick(self, queue: str, name: str, tick_ms: int, marker_ttl_ms: int, job: JobSpec, *,
+                     wake_cap: int = WAKE_CAP) -> str:
+        """Publish one tick of schedule ``name`` unless it (or a later one) was: "OK",
+        "SKIP" or "EXISTS" (see enqueue_tick.lua)."""
+        if len(job.payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError(f"payload of job {job.job_id} is {len(job.payload)} bytes; "
+                                       f"the limit is {self.max_payload_bytes}")
+        reply = self._raise_if_err(self._call(
+            "enqueue_tick", keys.queue_anchor(queue), name, tick_ms, marker_ttl_ms, job.job_id, job.payload,
+            job.max_attempts, job.timeout_ms, job.backoff_ms, job.gid, job.group_limit, wake_cap), queue)
+        return _text(reply[0])
+
+    def last_tick(self, queue: str, name: str) -> int | None:
+        """The last tick (epoch ms) published for schedule ``name`` on ``queue``, or None."""
+        value = self.redis.get(keys.beat_key(queue, name))
+        return int(value) if value is not None else None
+
     # -- fan-outs (extension scripts, docs/workflows.md) --------------------------
 
     def fanout_open(self, key: str, n: int, ttl_ms: int, then: bytes, on_error: bytes,

@@ -27,6 +27,7 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {Q}:watching              ZSET  ids a handle.get() waits on, score = until ms (extension)
     {Q}:done:<id>             LIST  wake-up token for those waiters, short TTL (extension)
     {Q}:once:<workflow id>    SET   job ids a workflow published here, TTL (extension)
+    {Q}:beat:<schedule>       the last tick published for a schedule, TTL (extension)
     {cc:<key>}:meta           anchor of a fan-in counter
     {cc:<key>}:count          remaining children
     {cc:<key>}:done           SET   acked child ids
@@ -93,6 +94,11 @@ def queue_anchor(queue: str) -> str:
 def fanout_key(key: str, part: str) -> str:
     """``{cc:<key>}:<part>``: a fan-out's own keys beside its counter (fo, res; docs/workflows.md)."""
     return child_anchor(key)[:-len("meta")] + part
+
+
+def beat_key(queue: str, schedule: str) -> str:
+    """``{Q}:beat:<name>``: the last tick published for a periodic schedule (docs/periodic.md)."""
+    return f"{{{queue}}}:beat:{schedule}"
 
 
 def once_key(queue: str, workflow_id: str) -> str:
