@@ -143,6 +143,9 @@ def start_fanout(app: App, children: Sequence[Signature[Any]], then: Signature[A
     # Indexed first: whatever stops us below, a sweeper finds the fan-out (and drops it if it never opened).
     client.redis.zadd(keys.FANOUT_INDEX, {key: now_ms() + int(app.workflow_sweep * 1000)})
     opened, published = client.fanout_open(key, len(children), ttl_ms, then_json, error_json, list(by_queue))
+    if not opened and client.redis.hget(keys.fanout_key(key, "fo"), "state") in (b"fired", "fired"):
+        # A repeat (a retried parent) after the callback: the index entry just added is not to stay.
+        client.redis.zrem(keys.FANOUT_INDEX, key)
     if not published:
         for queue, queued in by_queue.items():
             client.enqueue_many(queue, queued, wake_cap=app.wake_cap, once=(key, ttl_ms))
