@@ -1,7 +1,8 @@
 -- fanout_open (omniq-tasks extension): open a fan-out of n children, once per key.
 -- KEYS[1]  child anchor "{cc:<key>}:meta"
--- ARGV     n (>= 0), ttl_ms (> 0), then (callback JSON, "" = none), on_error (JSON,
---          "" = none), queues (JSON list of the children's queues), now_ms ("0" = server)
+-- ARGV     n (decimal digits, 0 <= n < 1e14), ttl_ms (> 0), then (callback JSON, "" =
+--          none), on_error (JSON, "" = none), queues (JSON list of the children's
+--          queues), now_ms ("0" = server)
 -- Reply    {"OK"} opened (n = 0: closed at once, nothing to count);
 --          {"EXISTS", published, n}: opened before (a retried parent): nothing changed
 -- Errors   {"ERR", "BAD_ARGS"}, {"ERR", "ALREADY_INIT"} (a protocol counter of that
@@ -48,7 +49,9 @@ local k_res = base .. ":res"
 
 local n, ttl = tonumber(ARGV[1]), to_int(ARGV[2])
 
-if not n or n < 0 or n ~= math.floor(n) or ttl <= 0 then return {"ERR", "BAD_ARGS"} end
+-- n: decimal digits only, below 1e14 ("1e300", "inf", "0x10" or 1e20 would be stored
+-- in a form DECR refuses, or remaining counts printed as "1e+15": Lua's %.14g)
+if not string.match(ARGV[1] or "", "^%d+$") or n >= 1e14 or ttl <= 0 then return {"ERR", "BAD_ARGS"} end
 if redis.call("EXISTS", k_fo) == 1 then
   local seen = redis.call("HMGET", k_fo, "published", "n")
   return {"EXISTS", seen[1] or "0", seen[2] or "0"}
