@@ -20,7 +20,7 @@ import msgspec
 
 from .context import JobContext
 from .envelope import read_envelope
-from .errors import PayloadError, TaskFailed
+from .errors import PayloadError, TaskArgumentError, TaskFailed
 from .results import JobHandle, JobStatus, decode_result
 from .signature import local_ms, build_job, step_job_id
 from .workflow_handles import ChainHandle, FanoutHandle
@@ -186,7 +186,18 @@ def run_eager_chain(chain: Chain[Any], chain_id: str) -> EagerChainHandle:
     handle: EagerHandle | None = None
     for index, step in enumerate(chain.steps):
         previous = (handle.result_json or b"null") if handle is not None else None
-        job = build_job(step.spec, step.task, previous, step_job_id(chain_id, index), None, local_ms)
+        try:
+            job = build_job(step.spec, step.task, previous, step_job_id(chain_id, index), None, local_ms)
+        except (TaskArgumentError, ValueError) as exc:
+            if handle is None:  # the first step's arguments were checked when it was made
+                raise
+            # as a worker does it: the step before fails for good, saying why
+            before = chain.steps[index - 1]
+            handle = EagerHandle(before.task, before.spec.queue, handle.id, ok=False, exception=exc,
+                                 error=f"chain {chain_id}: step {index} ({step.spec.task}) refuses this "
+                                       f"step's result: {exc}")
+            steps[-1] = handle
+            break
         handle = run_eager(step.task, step.spec.queue, job.job_id, job.payload)
         steps.append(handle)
         if not handle.successful():

@@ -48,7 +48,7 @@ MAX_WORKFLOW_ID = 128
 class SigSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     """A signature as it travels: the task, its queue, the arguments given (a JSON
     object), the parameter the previous value fills ("": none) and the job options
-    (0 / "": the protocol's defaults)."""
+    (0 / "": the protocol's defaults; backoff_ms and group_limit 0: none)."""
 
     task: str
     queue: str
@@ -143,11 +143,11 @@ class Signature(Generic[R]):
             if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or not countdown >= 0:
                 raise InvalidOptionError(f"countdown must be seconds >= 0, got {countdown!r}")
             changes["countdown_ms"] = int(countdown * 1000)
-        for name, value in (("group_limit", group_limit), ("max_attempts", max_attempts),
-                            ("timeout_ms", timeout_ms), ("backoff_ms", backoff_ms)):
+        for name, value, least in (("group_limit", group_limit, 0), ("max_attempts", max_attempts, 1),
+                                   ("timeout_ms", timeout_ms, 1), ("backoff_ms", backoff_ms, 0)):
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise InvalidOptionError(f"{name} must be an int >= 0, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise InvalidOptionError(f"{name} must be an int >= {least}, got {value!r}")
                 changes[name] = value
         return Signature(self.task, msgspec.structs.replace(self.spec, **changes))
 
@@ -283,8 +283,8 @@ def build_job(spec: SigSpec, task: Task[Any, Any] | None, first_value: bytes | N
         if not gid and task.gid is not None:
             gid = task.gid_of((), task.codec.call_kwargs(decoded)) or ""
     payload = build_envelope(spec.task, kwargs, meta)
-    options = {name: value for name, value in (("max_attempts", spec.max_attempts), ("timeout_ms", spec.timeout_ms),
-                                               ("backoff_ms", spec.backoff_ms), ("group_limit", spec.group_limit))
+    options = {name: value for name, value in (("max_attempts", spec.max_attempts), ("timeout_ms", spec.timeout_ms))
                if value}
+    # backoff_ms 0 is a task's own choice (retry at once), not "the protocol's default"
     return job_spec(payload, job_id=job_id, due_ms=now_ms() + spec.countdown_ms if spec.countdown_ms else 0,
-                    gid=gid or None, **options)
+                    gid=gid or None, backoff_ms=spec.backoff_ms, group_limit=spec.group_limit, **options)
