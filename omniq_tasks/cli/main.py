@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest idle wait before looking for jobs again (default 1)")
     worker.add_argument("--beat", action="store_true",
                         help="also run the scheduler (as `omniq-tasks beat`) in this process")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                             "(needs pip install 'omniq-tasks[metrics]')")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="the address --metrics-port listens on (default 127.0.0.1; 0.0.0.0: every interface)")
     beat = commands.add_parser(
         "beat", help="publish the app's periodic schedules",
         description="Publish each tick of APP's schedules (@app.periodic, app.add_periodic). "
@@ -133,9 +138,26 @@ def run_worker(args: argparse.Namespace) -> int:
     from ..worker.beat import Beat
     from ..worker.loop import Worker
 
+    if args.metrics_port is not None:  # before loading the app: a missing extra is said at once
+        from ..worker.metrics import require_prometheus
+
+        try:
+            require_prometheus()
+        except ImportError as exc:
+            print(f"omniq-tasks: --metrics-port: {exc}", file=sys.stderr)
+            return 2
+        if not 0 <= args.metrics_port <= 65535:
+            print("omniq-tasks: --metrics-port must be between 0 and 65535", file=sys.stderr)
+            return 2
     app = _load_app(args)
     if isinstance(app, int):
         return app
+    metrics = None
+    if args.metrics_port is not None:
+        from ..worker.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(app.client)
+        app.add_middleware(metrics)  # before the Worker: its hooks are fixed when it is made
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     if args.concurrency is not None and args.concurrency < 1:
         print("omniq-tasks: --concurrency must be >= 1", file=sys.stderr)
@@ -147,6 +169,17 @@ def run_worker(args: argparse.Namespace) -> int:
     except (OmniqError, ValueError) as exc:
         print(f"omniq-tasks: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    server = None
+    if metrics is not None:
+        metrics.attach(worker)
+        try:
+            server = metrics.serve(args.metrics_port, args.metrics_host)
+        except (OSError, ValueError) as exc:  # the port is taken, the host unknown
+            print(f"omniq-tasks: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
+                  file=sys.stderr)
+            return 2
+        logging.getLogger("omniq_tasks.worker").info(
+            "metrics on http://%s:%d/metrics", args.metrics_host, server.port)
     beat = Beat(app) if args.beat else None
     if beat is not None:  # in a thread of this process; stopped with the worker
         threading.Thread(target=beat.run, name="omniq-beat", daemon=True).start()
@@ -158,6 +191,8 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         if beat is not None:
             beat.stop()
+        if server is not None:
+            server.stop()
 
 
 def run_beat(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ class Leases:
             self.next_due = lease.renew_at
         return lease
 
+    def held(self) -> list[Lease]:
+        """The leases held now: a copy, safe to take from another thread (metrics)."""
+        return list(self._held.values())
+
     def pop(self, job_id: str) -> Lease | None:
         return self._held.pop(job_id, None)
 

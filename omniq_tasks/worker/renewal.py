@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import redis as redis_lib
 
@@ -24,6 +25,8 @@ class Renewal:
         self.client = client
         self.leases = leases
         self.troubles = troubles
+        # Told (queue, renewed, lost) after each answered call; set by worker/metrics.py only.
+        self.observer: Callable[[str, int, int], None] | None = None
 
     def due(self, now: float) -> bool:
         return now >= self.leases.next_due
@@ -53,11 +56,15 @@ class Renewal:
                 continue
             self.troubles.over("heartbeat")
             server_now, locks = parse_heartbeat_batch(reply)
+            lost = 0
             for lease, lock in zip(group, locks):
                 if isinstance(lock, int):
                     self.leases.renewed(lease, now, lock, server_now)
                 else:
                     lease.lost = True
+                    lost += 1
                     log.warning("lease lost: job=%s queue=%s (%s); it will not be acked",
                                 lease.job.job_id, lease.job.queue, lock)
+            if self.observer is not None:
+                self.observer(group[0].job.queue, len(locks) - lost, lost)
         self.leases.reschedule()
