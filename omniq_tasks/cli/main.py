@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--redis-url", default=None,
                       help="use this Redis instead of a throwaway embedded:// server; the demo "
                            "works in queues of its own (demo-...-<hex>) and deletes them at the end")
+    from .admin import add_admin_commands
+
+    add_admin_commands(commands)  # queues, groups, jobs, job, pause, ... (cli/admin.py)
     return parser
 
 
@@ -234,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_beat(args)
     if args.command == "schedules":
         return run_schedules(args)
+    from .admin import ADMIN_COMMANDS, run_admin
+
+    if args.command in ADMIN_COMMANDS:
+        return run_admin(args)
     if args.command == "demo":
         from .demo import run
         from ..errors import OmniqError

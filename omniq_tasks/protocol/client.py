@@ -33,7 +33,7 @@ from .urls import redact_url
 from .connection import RedisClient, connect, describe_redis
 from ..errors import PayloadError, PayloadTooLargeError, UnexpectedReplyError, protocol_error
 from .models import (
-    AckFailResult, BatchItem, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
+    AckFailResult, BatchItem, GroupLimitChange, JobInfo, Published, QueueEmpty, QueuePaused, QueueStats,
     ReservedJob, ReserveResult,
 )
 from .scripts import ScriptCall, Scripts
@@ -274,6 +274,8 @@ def job_spec(
     )
 
 
+# The largest limit group_limit.lua takes (nine digits).
+GROUP_LIMIT_MAX = 999_999_999
 # The TTL of a {Q}:done:<id> list a waiter pushes back (the ack script uses the same).
 _DONE_TTL_MS = 60_000
 
@@ -696,6 +698,24 @@ class OmniqClient:
         ids = list(job_ids)
         reply = self._call("remove_jobs_batch", keys.queue_anchor(queue), lane, len(ids), *ids, now_ms)
         return self._batch_items(reply, queue)
+
+    def set_group_limit(self, queue: str, gid: str, limit: int, *, now_ms: int = 0,
+                        wake_cap: int = WAKE_CAP) -> GroupLimitChange:
+        """Set group ``gid``'s concurrency limit to ``limit`` (>= 1) whatever it was (extension
+        script group_limit; the protocol's enqueue sets a limit only when none is set).
+
+        When the new limit gives the group's waiting jobs room, the group is made ready
+        (and, with ``wake_cap`` > 0, idle omniq-tasks workers are woken); running jobs
+        are never stopped by a lower limit.
+        """
+        keys.validate_gid(gid)
+        if check_int("limit", limit, 1) > GROUP_LIMIT_MAX:
+            raise ValueError(f"limit must be <= {GROUP_LIMIT_MAX}, got {limit}")
+        reply = self._raise_if_err(self._call(
+            "group_limit", keys.queue_anchor(queue), gid, limit, check_int("now_ms", now_ms, 0),
+            check_int("wake_cap", wake_cap, 0)), queue)
+        return GroupLimitChange(queue=queue, gid=gid, limit=limit, previous=_int_or_none(reply[1]),
+                                made_ready=_text(reply[2]) == "1")
 
     def _batch_items(self, reply: Any, queue: str) -> list[BatchItem]:
         if reply == []:

@@ -34,6 +34,9 @@ Key map (``Q`` is the queue name; every key of a queue shares the hash tag
     {cc:<key>}:fo             HASH  a fan-out's record, TTL (extension, docs/workflows.md)
     {cc:<key>}:res            HASH  a fan-out's child outcomes by index, TTL (extension)
     {omniq-tasks}:fanouts     ZSET  open fan-outs, score = next sweep (extension)
+    {omniq-tasks}:workers     ZSET  running workers' ids (host:pid), score = last refresh ms (extension)
+    {omniq-tasks}:worker:<id> HASH  a running worker's record, PX a few refreshes (extension,
+                              docs/operations.md)
 """
 
 from __future__ import annotations
@@ -108,6 +111,30 @@ def once_key(queue: str, workflow_id: str) -> str:
 
 # The fan-outs whose children and callback the workers' sweeper checks (one key; docs/workflows.md).
 FANOUT_INDEX = "{omniq-tasks}:fanouts"
+# Running workers' records (worker/presence.py writes them, ops/workers.py reads them).
+WORKER_INDEX = "{omniq-tasks}:workers"
+
+
+def worker_key(worker_id: str) -> str:
+    """``{omniq-tasks}:worker:<host>:<pid>``: a running worker's record (a HASH with a TTL)."""
+    return "{omniq-tasks}:worker:" + worker_id
+
+
+def group_key(queue: str, gid: str, part: str) -> str:
+    """``{Q}:g:<gid>:<part>``: a group's wait list, inflight counter or limit."""
+    if part not in ("wait", "inflight", "limit"):
+        raise ValueError(f"group key part must be wait, inflight or limit, got {part!r}")
+    return f"{queue_base(queue)}:g:{validate_gid(gid)}:{part}"
+
+
+def group_pattern(queue: str) -> str:
+    """``{Q}:g:*``: a SCAN pattern for every group key of the queue."""
+    return queue_base(queue) + ":g:*"
+
+
+def groups_ready_key(queue: str) -> str:
+    """``{Q}:groups:ready``: the gids that may dispatch now."""
+    return queue_base(queue) + ":groups:ready"
 
 
 def child_anchor(key: str) -> str:

@@ -109,3 +109,14 @@ class JobInfo(msgspec.Struct, frozen=True):
     lease_token: str = ""
     last_error: str = ""
     last_error_ms: Optional[int] = None
+
+
+class GroupLimitChange(msgspec.Struct, frozen=True):
+    """What ``set_group_limit`` did: the group's limit before (None: none was set) and
+    whether the new limit made the group ready (its waiting jobs may start now)."""
+
+    queue: str
+    gid: str
+    limit: int
+    previous: Optional[int]
+    made_ready: bool

@@ -45,7 +45,7 @@ PROTOCOL_SCRIPTS = (
 # omniq-tasks extensions: new file names, never called by the official SDKs.
 EXTENSION_SCRIPTS = (
     "enqueue_batch", "reserve_batch", "ack_success_batch", "ack_fail_batch", "heartbeat_batch",
-    "reap_leases", "fanout_open", "fanout_child", "fanout_mark", "enqueue_tick",
+    "reap_leases", "fanout_open", "fanout_child", "fanout_mark", "enqueue_tick", "group_limit",
 )
 ALL_SCRIPTS = PROTOCOL_SCRIPTS + EXTENSION_SCRIPTS
 

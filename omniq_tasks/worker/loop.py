@@ -41,6 +41,7 @@ from .execution import utc_clock
 from .troubles import Troubles
 from .flows import Flows, carries_flow
 from .fanout_sweeper import FanoutSweeper
+from .presence import Presence
 
 if TYPE_CHECKING:
     from ..app import App
@@ -128,6 +129,7 @@ class Worker:
             self.runner = ThreadRunner(app, self.concurrency, self._done, on_free=self._slot_freed)
         self.flows = Flows(app, lambda job, outcome: self._events.put((job, outcome)))
         self.sweeper = FanoutSweeper(app)
+        self.presence = Presence(self, pool if runner is None else type(self.runner).__name__)
         self.renewal = Renewal(self.client, self.leases, self.troubles)
         self.maintenance = Maintenance(self.client, self.queues, maintenance_interval_s, self.troubles)
         self.exchanger = Exchanger(self.client, self.queues, self.concurrency, self.leases,
@@ -187,6 +189,8 @@ class Worker:
             self.sweeper.run(now)
             if now - self._summary[0] >= SUMMARY_INTERVAL_S:
                 self._log_summary(now)
+        if self.presence.due(now):  # the worker record `omniq-tasks workers` reads (presence.py)
+            self.presence.run(now)
         self.exchanger.concurrency = self._slots()
         return self.exchanger.exchange(now, not self._stopping.is_set())
 
@@ -234,6 +238,7 @@ class Worker:
             if self.hooks.on_worker_start:
                 self.hooks.run_worker(self.hooks.on_worker_start, self)
             started_hooks = True
+            self.presence.start(self.clock())
             exchanger = self.exchanger
             while not self._stopping.is_set():
                 try:
@@ -254,6 +259,7 @@ class Worker:
         finally:
             self.runner.stop()
             self.flows.stop()
+            self.presence.stop()
             if started_hooks and self.hooks.on_worker_stop:
                 self.hooks.run_worker(self.hooks.on_worker_stop, self)
 

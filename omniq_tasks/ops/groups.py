@@ -1,0 +1,125 @@
+"""A queue's groups page by page (inflight / limit / waiting), and a group's limit.
+
+The protocol keeps no list of a queue's groups, only their keys (``{Q}:g:<gid>:wait``,
+``:inflight``, ``:limit``). :class:`GroupFinder` finds them with one paged SCAN of
+``{Q}:g:*`` kept for ``ttl_s``; a group shows while any of its keys exists (its limit
+key stays once set). Each page is then read in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import msgspec
+
+from ..defaults import READ_PAGE
+from ..protocol import keys
+from ..protocol.client import OmniqClient, redis_errors
+from ..protocol.models import GroupLimitChange
+from .jobs import check_page
+
+SCAN_TTL_S = 30.0
+_PARTS = (":wait", ":inflight", ":limit")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class GroupFinder:
+    """The gids of each queue, from a cached paged SCAN of ``{Q}:g:*``."""
+
+    def __init__(self, client: OmniqClient, *, ttl_s: float = SCAN_TTL_S, page: int = READ_PAGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.page = page
+        self.clock = clock
+        self._found: dict[str, tuple[float, list[str]]] = {}
+
+    def gids(self, queue: str) -> list[str]:
+        """The queue's gids, sorted."""
+        now = self.clock()
+        cached = self._found.get(queue)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        prefix = keys.queue_base(queue) + ":g:"
+        found: set[str] = set()
+        with redis_errors(self.client.url):
+            for raw in self.client.redis.scan_iter(match=keys.group_pattern(queue), count=self.page):
+                key = _text(raw)
+                for part in _PARTS:
+                    if key.startswith(prefix) and key.endswith(part) and len(key) > len(prefix) + len(part):
+                        found.add(key[len(prefix):-len(part)])
+                        break
+        gids = sorted(found)
+        self._found[queue] = (now, gids)
+        return gids
+
+    def invalidate(self, queue: str | None = None) -> None:
+        if queue is None:
+            self._found.clear()
+        else:
+            self._found.pop(queue, None)
+
+
+class GroupRow(msgspec.Struct, frozen=True):
+    """One group: running jobs, the limit in force (a missing or <= 0 limit means 1),
+    the limit as stored (None: never set), waiting jobs, and whether it may dispatch now."""
+
+    gid: str
+    inflight: int
+    limit: int
+    limit_set: Optional[int]
+    waiting: int
+    ready: bool
+
+
+class GroupPage(msgspec.Struct, frozen=True):
+    queue: str
+    total: int
+    offset: int
+    limit: int
+    groups: list[GroupRow]
+
+
+def _int(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return int(float(_text(value)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def group_page(client: OmniqClient, queue: str, *, limit: int = 50, offset: int = 0,
+               finder: GroupFinder | None = None) -> GroupPage:
+    """Groups ``offset`` .. ``offset + limit - 1`` of the queue, by gid."""
+    keys.validate_queue(queue)
+    check_page(limit, offset)
+    gids = (finder or GroupFinder(client)).gids(queue)
+    page = gids[offset:offset + limit]
+    rows: list[GroupRow] = []
+    if page:
+        ready_key = keys.groups_ready_key(queue)
+        with redis_errors(client.url):
+            pipe = client.redis.pipeline(transaction=False)
+            for gid in page:
+                pipe.get(keys.group_key(queue, gid, "inflight"))
+                pipe.get(keys.group_key(queue, gid, "limit"))
+                pipe.llen(keys.group_key(queue, gid, "wait"))
+                pipe.zscore(ready_key, gid)
+            replies = pipe.execute()
+        for n, gid in enumerate(page):
+            inflight, stored, waiting, ready = replies[n * 4:n * 4 + 4]
+            limit_set = _int(stored)
+            rows.append(GroupRow(gid=gid, inflight=_int(inflight) or 0,
+                                 limit=limit_set if limit_set and limit_set > 0 else 1,
+                                 limit_set=limit_set, waiting=int(waiting), ready=ready is not None))
+    return GroupPage(queue=queue, total=len(gids), offset=offset, limit=limit, groups=rows)
+
+
+def set_group_limit(client: OmniqClient, queue: str, gid: str, limit: int) -> GroupLimitChange:
+    """Set the group's limit whatever it was; its waiting jobs start at once if it now has room."""
+    return client.set_group_limit(queue, gid, limit)
