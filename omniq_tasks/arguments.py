@@ -123,18 +123,7 @@ class ArgumentCodec:
                 arguments = self.call_signature.bind(*args, **kwargs).arguments
             except TypeError as exc:
                 raise TaskArgumentError(f"task {self.task_name}: {exc}") from None
-        data = encode_checked(arguments, f"task {self.task_name}: ")
-        try:
-            decoded = self.decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise self._refusal(arguments, describe_decode_error(exc)) from None
-        except RecursionError:
-            raise TaskArgumentError(f"task {self.task_name}: arguments nest too deep") from None
-        for name, value in arguments.items():
-            got = getattr(decoded, name)
-            if got is not value and got != value:
-                check_same(value, got, name, f"task {self.task_name}: ")
-        return arguments, data
+        return arguments, self._encode_checked(arguments, self.decoder)
 
     def encode_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                        first_open: bool) -> tuple[str, bytes]:
@@ -162,9 +151,15 @@ class ArgumentCodec:
         missing = [name for name in required if name not in arguments and name != first]
         if missing:
             raise TaskArgumentError(f"{context}missing argument(s) {', '.join(map(repr, missing))}")
+        return first, self._encode_checked(arguments, self._partial_decoder())
+
+    def _encode_checked(self, arguments: dict[str, Any], decoder: msgspec.json.Decoder[Any]) -> bytes:
+        """The arguments' JSON, decoded again as the worker will (``decoder``); what comes
+        back must equal what was given, else TaskArgumentError."""
+        context = f"task {self.task_name}: "
         data = encode_checked(arguments, context)
         try:
-            decoded = self._partial_decoder().decode(data)
+            decoded = decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise self._refusal(arguments, describe_decode_error(exc)) from None
         except RecursionError:
@@ -173,7 +168,7 @@ class ArgumentCodec:
             got = getattr(decoded, name)
             if got is not value and got != value:
                 check_same(value, got, name, context)
-        return first, data
+        return data
 
     def _partial_decoder(self) -> msgspec.json.Decoder[Any]:
         """Decodes any subset of the parameters (each one checked against its annotation)."""

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from ..ops.formatting import duration
+
 if TYPE_CHECKING:
     from ..app import App
 
@@ -21,16 +23,6 @@ def _when(ms: int, tz_name: str | None) -> str:
     if tz_name:
         text += moment.astimezone(ZoneInfo(tz_name)).strftime(" (%H:%M %Z)")
     return text
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def print_schedules(app: App, console: Console | None = None) -> None:
@@ -51,6 +43,6 @@ def print_schedules(app: App, console: Console | None = None) -> None:
         last = app.client.last_tick(schedule.queue, schedule.name)
         table.add_row(
             schedule.name, schedule.task.name, schedule.queue, schedule.describe(), str(schedule.catch_up),
-            f"{_when(upcoming, schedule.tz)}, in {_ago((upcoming - now) / 1000)}",
-            "never" if last is None else f"{_when(last, schedule.tz)}, {_ago((now - last) / 1000)} ago")
+            f"{_when(upcoming, schedule.tz)}, in {duration(upcoming - now)}",
+            "never" if last is None else f"{_when(last, schedule.tz)}, {duration(now - last)} ago")
     console.print(table)
