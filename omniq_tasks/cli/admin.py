@@ -96,11 +96,11 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                      "Delete jobs (their hashes too) from a lane; running jobs cannot be removed.")
     remove.add_argument("queue", metavar="QUEUE")
     remove.add_argument("ids", nargs="+", metavar="ID")
-    remove.add_argument("--lane", required=True, choices=("wait", "delayed", "failed", "completed"))
+    remove.add_argument("--lane", required=True, choices=LANE_CHOICES)
     purge = command("purge", "delete every job of a lane (asks for --yes)",
                     "Delete every job of a lane of QUEUE, however many, 100 per call.")
     purge.add_argument("queue", metavar="QUEUE")
-    purge.add_argument("--lane", required=True, choices=("wait", "delayed", "failed", "completed"))
+    purge.add_argument("--lane", required=True, choices=LANE_CHOICES)
     purge.add_argument("--yes", action="store_true", help="really delete them (without it, nothing is done)")
     publish = command("publish", "publish a raw JSON job",
                       "Publish JSON (an object or array; '-' reads it from stdin) to QUEUE as any "
