@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .admin import add_admin_commands
 
     add_admin_commands(commands)  # queues, groups, jobs, job, pause, ... (cli/admin.py)
+    from .dashboard import add_dashboard_command
+
+    add_dashboard_command(commands)  # the web dashboard (cli/dashboard.py)
     return parser
 
 
@@ -241,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ADMIN_COMMANDS:
         return run_admin(args)
+    if args.command == "dashboard":
+        from .dashboard import run_dashboard
+
+        return run_dashboard(args)
     if args.command == "demo":
         from .demo import run
         from ..errors import OmniqError
