@@ -197,7 +197,7 @@ def _print_json(value: Any) -> None:
 
 def _table(*columns: str, title: str | None = None, right: Sequence[str] = ()) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title, title_justify="left",
-                  show_edge=False, padding=(0, 1))
+                  show_edge=False, padding=(0, 1, 0, 0))  # with the box's blank divider: 2 between columns
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", overflow="fold")
     return table
