@@ -218,7 +218,7 @@ def test_acl_rule_is_limited_to_the_documented_keys() -> None:
     rule = documented_acl_rule()
     assert "reset" in rule and "resetchannels" in rule and "-@all" in rule
     patterns = [w for w in rule if w.startswith("~") or w.startswith("%")]
-    assert patterns == ["~{emails}:*", "~{cc:*}:*"]
+    assert patterns == ["~{emails}:*", "~{cc:*}:*", "~{omniq-tasks}:*"]
     assert not any(w in ("+@all", "allcommands", "allkeys", "~*", "+@dangerous", "nopass") for w in rule)
 
 
@@ -247,6 +247,16 @@ def test_acl_user_runs_publisher_and_worker_end_to_end(acl_server: RedisServer, 
         with lock:
             ran.append(("part", left))
 
+    @app.task
+    def page(n: int) -> int:
+        return n * 10
+
+    @app.task
+    def total(pages: list[omniq_tasks.ChildResult[int]]) -> int:
+        with lock:
+            ran.append(("total", sum(p.value or 0 for p in pages)))
+        return 0
+
     worker = Worker(app, poll_interval_s=0.2, maintenance_interval_s=0.1)
     thread = threading.Thread(target=worker.run, name="acl-worker", daemon=True)
     thread.start()
@@ -260,7 +270,11 @@ def test_acl_user_runs_publisher_and_worker_end_to_end(acl_server: RedisServer, 
         app.client.childs_init("emails:report-1", 2)
         part.delay("emails:report-1")
         part.delay("emails:report-1")
-        _wait_for(lambda: len(ran) == 9, what="every job to run")
+        # a fan-out and a chain: fanout_open/child/mark, the once-sets, the sweepers' index
+        fanned = app.fanout([page.s(n) for n in range(3)], then=total.s(), key="emails:doc-1")
+        chained = omniq_tasks.chain(page.s(1), page.s()).delay()
+        _wait_for(lambda: len(ran) == 10, what="every job to run")
+        assert fanned.get(timeout=10) == 0 and chained.get(timeout=10) == 100
         _wait_for(lambda: failing.status() == "failed", what="the failing job to fail")
         _wait_for(lambda: handle.status() == "completed", what="the job to be acked")
     finally:
@@ -268,6 +282,7 @@ def test_acl_user_runs_publisher_and_worker_end_to_end(acl_server: RedisServer, 
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert sorted(x for x in ran if isinstance(x, tuple) and x[0] == "part") == [("part", 0), ("part", 1)]
+    assert ("total", 30) in ran
 
     client = app.client  # the admin-ish operations an app does with the same user
     client.pause("emails")
