@@ -15,6 +15,7 @@ if the schedule's marker ``{Q}:beat:<name>`` is below T, and moves the marker.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Union
@@ -71,7 +72,10 @@ class Schedule:
         self.cron: str | None = None
         self.every_ms = 0
         self.tz = tz
-        self._zone = _zone(tz)
+        try:
+            self._zone = _zone(tz)
+        except InvalidOptionError as exc:  # say which schedule
+            raise InvalidOptionError(f"schedule {name}: {exc}") from None
         if cron is not None:
             if not isinstance(cron, str):
                 raise InvalidOptionError(f"schedule {name}: cron must be a str like '*/5 * * * *'")
@@ -85,7 +89,8 @@ class Schedule:
             if tz is not None:
                 raise InvalidOptionError(f"schedule {name}: tz applies to cron= only (every= ticks on UTC multiples)")
             seconds = every.total_seconds() if isinstance(every, timedelta) else every
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 1:
+            if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 1
+                    or not math.isfinite(seconds)):
                 raise InvalidOptionError(f"schedule {name}: every must be a timedelta or seconds >= 1, got {every!r}")
             self.every_ms = int(seconds * 1000)
 
