@@ -48,8 +48,8 @@ if _skew:  # this process's wall clock is off by _skew seconds (monotonic is not
     time.time = lambda: _time() + _skew
     time.time_ns = lambda: _time_ns() + int(_skew * 1e9)
 '''
-# A job may be created a few ms before its tick: the client's server-clock estimate can run
-# ahead (test_a_tick_is_not_published_before_its_instant_when_the_first_connect_is_slow).
+# Slack for a job created before its tick: the server-clock estimate is right to within half
+# the shortest of a few TIME round trips, unless the host stalled through all of them.
 EARLY_MS = 50
 PUBLISHED_RE = re.compile(r"published \S+ \(job (beat:[^:]+:\d+)\)")
 
