@@ -362,7 +362,7 @@ def test_run_job_measures_and_encodes(app: App) -> None:
 
     @app.task(name="opaque")
     def opaque() -> object:
-        return object()  # msgspec cannot encode it: the job still succeeded, with no result
+        return object()  # msgspec cannot encode it: the job still succeeded, with a mark as its result
 
     def leased(payload: str) -> ReservedJob:
         return ReservedJob(Q, "j", payload, 0, 1, 2, "", "t" * 40, 3000)
@@ -370,4 +370,4 @@ def test_run_job_measures_and_encodes(app: App) -> None:
     outcome = run_job(app, Hooks(), leased('{"task":"pair","kwargs":{"a":3}}'))
     assert outcome.ok and outcome.result == b'[3,"x"]' and outcome.duration_ms >= 2
     unencodable = run_job(app, Hooks(), leased('{"task":"opaque","kwargs":{}}'))
-    assert unencodable.ok and unencodable.result == b""
+    assert unencodable.ok and unencodable.result.startswith(b"!unencodable:object: TypeError: ")
