@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,7 +36,9 @@ from omniq_tasks.protocol import keys
 from redis_server import RedisServer
 
 pytest.importorskip("starlette", reason="the dashboard tests need pip install -e '.[test]' (starlette)")
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # Starlette >= 1.10 would rather have httpx2; httpx (older ones need it) works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
 
 from omniq_tasks.dashboard.guards import LOOPBACK_HOSTS  # noqa: E402
 from omniq_tasks.dashboard.web import create_app  # noqa: E402
