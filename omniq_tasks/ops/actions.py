@@ -15,7 +15,7 @@ import msgspec
 
 from ..defaults import MAX_BATCH, WAKE_CAP
 from ..protocol import keys
-from ..protocol.client import OmniqClient, redis_errors
+from ..protocol.client import OmniqClient, as_text, redis_errors
 from ..protocol.models import BatchItem, Published
 
 # CLI lanes a job can be removed from (a running job cannot: its lease must end first).
@@ -28,10 +28,6 @@ class BulkResult(msgspec.Struct, frozen=True):
     done: int
     refused: dict[str, str]
     calls: int
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _chunks(ids: Sequence[str], size: int = MAX_BATCH) -> Iterable[list[str]]:
@@ -161,7 +157,7 @@ def _drain(client: OmniqClient, queue: str, lane: str, act: Any) -> BulkResult:
     refused: dict[str, str] = {}
     while calls < budget:
         with redis_errors(client.url):
-            page = [_text(m) for m in client.redis.zrange(idx, len(refused), len(refused) + MAX_BATCH - 1)]
+            page = [as_text(m) for m in client.redis.zrange(idx, len(refused), len(refused) + MAX_BATCH - 1)]
         page = [job_id for job_id in page if job_id not in refused]
         if not page:
             break

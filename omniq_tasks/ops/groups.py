@@ -15,16 +15,12 @@ import msgspec
 
 from ..defaults import READ_PAGE
 from ..protocol import keys
-from ..protocol.client import OmniqClient, redis_errors
+from ..protocol.client import OmniqClient, as_text, redis_errors
 from ..protocol.models import GroupLimitChange
 from .jobs import check_page
 
 SCAN_TTL_S = 30.0
 _PARTS = (":wait", ":inflight", ":limit")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class GroupFinder:
@@ -48,7 +44,7 @@ class GroupFinder:
         found: set[str] = set()
         with redis_errors(self.client.url):
             for raw in self.client.redis.scan_iter(match=keys.group_pattern(queue), count=self.page):
-                key = _text(raw)
+                key = as_text(raw)
                 for part in _PARTS:
                     if key.startswith(prefix) and key.endswith(part) and len(key) > len(prefix) + len(part):
                         found.add(key[len(prefix):-len(part)])
@@ -88,7 +84,7 @@ def _int(value: Any) -> Optional[int]:
     if value is None:
         return None
     try:
-        return int(float(_text(value)))
+        return int(float(as_text(value)))
     except (ValueError, OverflowError):
         return None
 

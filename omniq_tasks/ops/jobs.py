@@ -16,7 +16,7 @@ import msgspec
 from ..envelope import read_envelope
 from ..errors import OmniqError
 from ..protocol import keys
-from ..protocol.client import OmniqClient, redis_errors
+from ..protocol.client import OmniqClient, as_text, redis_errors
 from .formatting import duration, utc
 
 # Newest first by default where the newest matter most (what just failed or finished).
@@ -25,12 +25,6 @@ MAX_PAGE = 1000
 _ROW_FIELDS = ("state", "gid", "attempt", "max_attempts", "payload", "last_error", "due_ms", "lock_until_ms")
 TIME_FIELDS = ("created_ms", "updated_ms", "queued_ms", "first_started_ms", "last_started_ms",
                "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _int(value: str) -> Optional[int]:
@@ -100,14 +94,14 @@ def lane_page(client: OmniqClient, queue: str, lane: str, *, limit: int = 20, of
         pipe.zcard(idx)
         pipe.zrange(idx, offset, offset + limit - 1, desc=newest, withscores=True)
         total, members = pipe.execute()
-        ids = [(_text(member), int(score)) for member, score in members]
+        ids = [(as_text(member), int(score)) for member, score in members]
         pipe = client.redis.pipeline(transaction=False)
         for job_id, _ in ids:
             pipe.hmget(keys.job_key(queue, job_id), *_ROW_FIELDS)
         hashes = pipe.execute() if ids else []
     rows = []
     for (job_id, entered), values in zip(ids, hashes):
-        f = dict(zip(_ROW_FIELDS, (_text(v) for v in values)))
+        f = dict(zip(_ROW_FIELDS, (as_text(v) for v in values)))
         error = f["last_error"].strip().splitlines()
         rows.append(JobRow(id=job_id, entered_ms=entered, state=f["state"], gid=f["gid"],
                            attempt=_int(f["attempt"]) or 0, max_attempts=_int(f["max_attempts"]) or 0,
@@ -158,7 +152,7 @@ def job_detail(client: OmniqClient, queue: str, job_id: str) -> JobDetail | None
     if not raw:
         return None
     now = client.server_now_ms()
-    fields = {_text(k): _text(v) for k, v in sorted(raw.items(), key=lambda kv: _text(kv[0]))}
+    fields = {as_text(k): as_text(v) for k, v in sorted(raw.items(), key=lambda kv: as_text(kv[0]))}
     payload_text = fields.get("payload", "")
     try:
         payload: Any = json.loads(payload_text)
@@ -193,4 +187,4 @@ def job_detail(client: OmniqClient, queue: str, job_id: str) -> JobDetail | None
                      task=task_name(payload_text) if payload_text else "", fields=fields,
                      payload=payload, payload_pretty=pretty, last_error=fields.get("last_error", ""),
                      times=times, durations=durations, now_ms=now,
-                     result=_text(result) if result is not None else None)
+                     result=as_text(result) if result is not None else None)

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from ..protocol import keys
-from ..protocol.client import OmniqClient, redis_errors
+from ..protocol.client import OmniqClient, as_text, redis_errors
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):
@@ -33,10 +33,6 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     version: str
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _int(value: str) -> int:
     try:
         return int(value)
@@ -46,7 +42,7 @@ def _int(value: str) -> int:
 
 def parse_record(worker_id: str, raw: dict[Any, Any]) -> WorkerInfo:
     """A WorkerInfo from a record's fields (missing or unreadable ones read as 0 or "")."""
-    f = {_text(k): _text(v) for k, v in raw.items()}
+    f = {as_text(k): as_text(v) for k, v in raw.items()}
     return WorkerInfo(
         id=worker_id, host=f.get("host", ""), pid=_int(f.get("pid", "")), app=f.get("app", ""),
         queues=[q for q in f.get("queues", "").split(",") if q],
@@ -59,7 +55,7 @@ def parse_record(worker_id: str, raw: dict[Any, Any]) -> WorkerInfo:
 def live_workers(client: OmniqClient) -> list[WorkerInfo]:
     """Every running worker with a record, sorted by host and pid."""
     with redis_errors(client.url):
-        ids = [_text(m) for m in client.redis.zrange(keys.WORKER_INDEX, 0, -1)]
+        ids = [as_text(m) for m in client.redis.zrange(keys.WORKER_INDEX, 0, -1)]
         if not ids:
             return []
         pipe = client.redis.pipeline(transaction=False)

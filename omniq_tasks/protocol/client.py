@@ -97,7 +97,8 @@ def redis_errors(url: str) -> Iterator[None]:
         raise backend_error(exc, url) from exc
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply element (bytes, str, int, None) as text: None is ""."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
@@ -105,7 +106,7 @@ def _text(value: Any) -> str:
 
 def _int_or_none(value: Any) -> int | None:
     """A stored number, or None when missing or unreadable ("inf", "1e999", junk from another client)."""
-    text = _text(value)
+    text = as_text(value)
     try:
         return int(float(text)) if text else None
     except (ValueError, OverflowError):
@@ -139,7 +140,7 @@ def parse_leases(queue: str, reply: Any, sent_at: float | None = None
     ``received_at``: a reply read late (the process was frozen with it in the socket)
     must not look fresh.
     """
-    status = _text(reply[0])
+    status = as_text(reply[0])
     if status == "PAUSED":
         return QueuePaused(queue)
     jobs: list[ReservedJob] = []
@@ -148,8 +149,8 @@ def parse_leases(queue: str, reply: Any, sent_at: float | None = None
         return jobs, corrupt
     received = time.monotonic() if sent_at is None else sent_at
     for i in range(1, len(reply) - 2, 3):
-        job_id, payload = _text(reply[i]), _text(reply[i + 1])
-        lock_until, attempt, max_attempts, timeout, token, gid = _text(reply[i + 2]).split(":", 5)
+        job_id, payload = as_text(reply[i]), as_text(reply[i + 1])
+        lock_until, attempt, max_attempts, timeout, token, gid = as_text(reply[i + 2]).split(":", 5)
         try:  # Lua writes numbers of 1e14 and more with an exponent: int() refuses those too
             jobs.append(ReservedJob(queue, job_id, payload, int(lock_until), int(attempt), int(max_attempts),
                                     gid, token, int(timeout), "JOB", received))
@@ -189,7 +190,7 @@ class ResultState(msgspec.Struct, frozen=True):
 
 def parse_ack_batch(reply: Any) -> dict[int, str]:
     """The leases an ack_success_batch reply says were not acked: position (0-based) -> reason."""
-    return {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+    return {int(reply[i]) - 1: as_text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
 
 
 # Positions 1..1000 as the bytes redis-py sends as they are (an int it converts each time).
@@ -205,7 +206,7 @@ def parse_ack_fail_batch(reply: Any) -> list[AckFailResult | str]:
     """Per lease of an ack_fail_batch reply: AckFailResult, or the reason it was not acked."""
     out: list[AckFailResult | str] = []
     for item in reply:
-        text = _text(item)
+        text = as_text(item)
         if text == "F":
             out.append(AckFailResult("FAILED"))
         elif text.startswith("R:"):
@@ -219,7 +220,7 @@ def parse_heartbeat_batch(reply: Any) -> tuple[int, list[int | str]]:
     """The server clock and, per lease of a heartbeat_batch reply, its new lock_until_ms or the reason."""
     locks: list[int | str] = []
     for item in reply[1:]:
-        text = _text(item)
+        text = as_text(item)
         locks.append(int(text) if text.isdigit() else text)
     return int(reply[0]), locks
 
@@ -337,9 +338,9 @@ class OmniqClient:
     def _raise_if_err(reply: Any, queue: str = "", job_id: str = "") -> list[Any]:
         if not isinstance(reply, list) or not reply:
             raise UnexpectedReplyError(None, repr(reply), queue=queue, job_id=job_id)
-        if _text(reply[0]) == "ERR":
-            detail = _text(reply[2]) if len(reply) > 2 else ""
-            raise protocol_error(_text(reply[1]) if len(reply) > 1 else "UNKNOWN", detail,
+        if as_text(reply[0]) == "ERR":
+            detail = as_text(reply[2]) if len(reply) > 2 else ""
+            raise protocol_error(as_text(reply[1]) if len(reply) > 1 else "UNKNOWN", detail,
                                  queue=queue, job_id=job_id)
         return reply
 
@@ -350,7 +351,7 @@ class OmniqClient:
         A job may well be called "ERR", so the second entry decides: an item status
         (OK, ERR) is never a reason word.
         """
-        if isinstance(reply, list) and len(reply) > 1 and _text(reply[1]) in _ITEM_STATUSES:
+        if isinstance(reply, list) and len(reply) > 1 and as_text(reply[1]) in _ITEM_STATUSES:
             return reply
         return cls._raise_if_err(reply, queue)
 
@@ -434,7 +435,7 @@ class OmniqClient:
             # this very job, the first send created it.
             stored = self.redis.hget(keys.job_key(queue, spec.job_id), "payload")
             existed = stored is None or bytes(stored if isinstance(stored, bytes) else stored.encode()) != spec.payload
-        return Published(queue=queue, job_id=_text(reply[1]), existed=existed)
+        return Published(queue=queue, job_id=as_text(reply[1]), existed=existed)
 
     def enqueue_many(
         self, queue: str, jobs: Sequence[JobSpec], *, wake_cap: int = WAKE_CAP, now_ms: int = 0,
@@ -471,7 +472,7 @@ class OmniqClient:
             if once is not None:
                 args += once
             reply = self._raise_if_err(self._call("enqueue_batch", anchor, *args), queue)
-            refused = {int(reply[i]) - 1: _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+            refused = {int(reply[i]) - 1: as_text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
             for position, job in enumerate(chunk):
                 reason = refused.get(position)
                 if reason is not None and reason != "EXISTS":
@@ -484,7 +485,7 @@ class OmniqClient:
     def reserve(self, queue: str, *, now_ms: int = 0) -> ReserveResult:
         """Lease the next runnable job: ReservedJob, QueueEmpty or QueuePaused."""
         reply = self._raise_if_err(self._call("reserve", keys.queue_anchor(queue), now_ms), queue)
-        status = _text(reply[0])
+        status = as_text(reply[0])
         if status == "EMPTY":
             return QueueEmpty(queue)
         if status == "PAUSED":
@@ -492,9 +493,9 @@ class OmniqClient:
         if status != "JOB" or len(reply) < 8:
             raise UnexpectedReplyError(None, repr(reply), queue=queue)
         return ReservedJob(
-            queue=queue, job_id=_text(reply[1]), payload=_text(reply[2]),
+            queue=queue, job_id=as_text(reply[1]), payload=as_text(reply[2]),
             lock_until_ms=int(reply[3]), attempt=int(reply[4]), max_attempts=int(reply[5]),
-            gid=_text(reply[6]), lease_token=_text(reply[7]),
+            gid=as_text(reply[6]), lease_token=as_text(reply[7]),
         )
 
     def reserve_batch(self, queue: str, max_jobs: int, *, now_ms: int = 0) -> list[ReservedJob] | QueuePaused:
@@ -570,7 +571,7 @@ class OmniqClient:
             args += ("1",)
         reply = self._raise_if_err(self._call("ack_fail", keys.queue_anchor(queue), *args),
                                    queue, job_id)
-        if _text(reply[0]) == "RETRY":
+        if as_text(reply[0]) == "RETRY":
             return AckFailResult("RETRY", int(reply[1]))
         return AckFailResult("FAILED")
 
@@ -735,7 +736,7 @@ class OmniqClient:
             "group_limit", keys.queue_anchor(queue), gid, limit, check_int("now_ms", now_ms, 0),
             check_int("wake_cap", wake_cap, 0)), queue)
         return GroupLimitChange(queue=queue, gid=gid, limit=limit, previous=_int_or_none(reply[1]),
-                                made_ready=_text(reply[2]) == "1")
+                                made_ready=as_text(reply[2]) == "1")
 
     def _batch_items(self, reply: Any, queue: str) -> list[BatchItem]:
         if reply == []:
@@ -743,9 +744,9 @@ class OmniqClient:
         reply = self._raise_if_batch_err(reply, queue)
         items, i = [], 0
         while i + 1 < len(reply):
-            job_id, status = _text(reply[i]), _text(reply[i + 1])
+            job_id, status = as_text(reply[i]), as_text(reply[i + 1])
             if status == "ERR":
-                items.append(BatchItem(job_id, False, _text(reply[i + 2])))
+                items.append(BatchItem(job_id, False, as_text(reply[i + 2])))
                 i += 3
             else:
                 items.append(BatchItem(job_id, True))
@@ -784,7 +785,7 @@ class OmniqClient:
         reply = self._raise_if_err(self._call(
             "enqueue_tick", keys.queue_anchor(queue), name, tick_ms, marker_ttl_ms, job.job_id, job.payload,
             job.max_attempts, job.timeout_ms, job.backoff_ms, job.gid, job.group_limit, wake_cap), queue)
-        return _text(reply[0])
+        return as_text(reply[0])
 
     def last_tick(self, queue: str, name: str) -> int | None:
         """The last tick (epoch ms) published for schedule ``name`` on ``queue``, or None."""
@@ -803,9 +804,9 @@ class OmniqClient:
         reply = self._raise_if_err(self._call(
             "fanout_open", keys.child_anchor(key), check_int("n", n, 0), check_int("ttl_ms", ttl_ms, 1),
             then, on_error, msgspec.json.encode(list(queues)), 0))
-        if _text(reply[0]) == "OK":
+        if as_text(reply[0]) == "OK":
             return True, False
-        return False, _text(reply[1]) == "1"
+        return False, as_text(reply[1]) == "1"
 
     @staticmethod
     def fanout_child_call(key: str, child_id: str, index: int, entry: bytes) -> ScriptCall:
@@ -816,12 +817,12 @@ class OmniqClient:
     def fanout_mark(self, key: str, field: str, value: str) -> bool:
         """Note "published" = "1" or "state" = "fired" on fan-out ``key``; False when it is gone."""
         reply = self._raise_if_err(self._call("fanout_mark", keys.child_anchor(key), field, value))
-        return _text(reply[0]) == "OK"
+        return as_text(reply[0]) == "OK"
 
     def fanout_info(self, key: str) -> dict[str, str]:
         """The fan-out's record (``{cc:<key>}:fo``): n, state, then, on_error, queues, ...; {} when gone."""
         raw = self.redis.hgetall(keys.fanout_key(key, "fo"))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
     def fanout_entries(self, key: str, n: int) -> list[bytes | None]:
         """The children's entries of fan-out ``key`` in order (None: not counted), 1000 per call."""
@@ -840,7 +841,7 @@ class OmniqClient:
         pipe.exists(keys.paused_key(queue))
         with redis_errors(self.url):
             raw, paused = pipe.execute()
-        fields = {_text(k): _int_or_none(v) or 0 for k, v in raw.items()}
+        fields = {as_text(k): _int_or_none(v) or 0 for k, v in raw.items()}
         known = {f: fields[f] for f in QueueStats.__struct_fields__ if f in fields}
         known.pop("queue", None)
         known.pop("paused", None)
@@ -857,7 +858,7 @@ class OmniqClient:
         seen: set[str] = set()
         with redis_errors(self.url):
             for key in self.redis.scan_iter(match="*:stats", count=check_int("page", page, 1)):
-                name = keys.queue_from_stats_key(_text(key))
+                name = keys.queue_from_stats_key(as_text(key))
                 if name and name not in seen:  # SCAN may return a key twice
                     seen.add(name)
                     yield name
@@ -874,7 +875,7 @@ class OmniqClient:
             raw = self.redis.hgetall(keys.job_key(queue, job_id))
         if not raw:
             return None
-        h = {_text(k): _text(v) for k, v in raw.items()}
+        h = {as_text(k): as_text(v) for k, v in raw.items()}
         times = ("created_ms", "updated_ms", "queued_ms", "first_started_ms", "last_started_ms",
                  "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
         return JobInfo(
@@ -906,8 +907,8 @@ class OmniqClient:
             replies = pipe.execute()
         result, (state, last_error) = replies[-2], replies[-1]
         return ResultState(None if result is None else bytes(result) if isinstance(result, (bytes, bytearray))
-                           else str(result).encode(), _text(state) if state is not None else "",
-                           _text(last_error) if last_error is not None else "")
+                           else str(result).encode(), as_text(state) if state is not None else "",
+                           as_text(last_error) if last_error is not None else "")
 
     def wait_done(self, queue: str, job_id: str, timeout_s: float) -> bool:
         """Block up to ``timeout_s`` on ``{Q}:done:<id>``; True when an ack's token came.
@@ -964,7 +965,7 @@ class OmniqClient:
                         start = rank + 1
                         members = self.redis.zrange(key, start, start + page_size - 1)
             for member in members:
-                yield _text(member)
+                yield as_text(member)
             if len(members) < page_size:
                 return
             last = members[-1]

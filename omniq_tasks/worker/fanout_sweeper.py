@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..envelope import read_envelope
 from ..fanout import MAX_SWEEP_MS, child_entry, fire_callback
-from ..protocol import keys
 from ..defaults import MAX_CALL_JOBS
+from ..protocol import keys
+from ..protocol.client import as_text
 from ..signature import step_job_id, workflow_ttl_ms
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class FanoutSweeper:
             log.debug("fan-out sweep skipped: %r", exc)
             return
         for raw in due:
-            key = _text(raw)
+            key = as_text(raw)
             try:
                 self.sweep(key, now_ms)
             except Exception as exc:
@@ -130,7 +131,7 @@ class FanoutSweeper:
         for reply in (client.scripts.call_many(calls) if calls else []):
             if isinstance(reply, BaseException):
                 raise reply
-            if _text(reply[0]) == "FIRE":
+            if as_text(reply[0]) == "FIRE":
                 fire = (reply[1], reply[2], int(reply[3] or 0))
         if calls:
             log.info("fan-out %s: counted %d child(ren) that ended without being counted", key, len(calls))
@@ -139,7 +140,7 @@ class FanoutSweeper:
 
 def _entry_for(state: Any, error: Any, payload: Any, result: Any) -> bytes | None:
     """The entry of a child found in ``state`` (None: it has not ended)."""
-    state = _text(state)
+    state = as_text(state)
     if state not in ("failed", "completed"):
         return None
     task = ""
@@ -149,10 +150,8 @@ def _entry_for(state: Any, error: Any, payload: Any, result: Any) -> bytes | Non
     except Exception:
         pass
     if state == "failed":
-        return child_entry(False, task, _text(error or "") or "failed (no error kept)")
+        return child_entry(False, task, as_text(error or "") or "failed (no error kept)")
     data = result if isinstance(result, bytes) else (result or "").encode()
     return child_entry(True, task, b"" if data.startswith(b"!") else data)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import TaskArgumentError
 from ..fanout import child_entry, fire_callback
 from ..outcome import Outcome
+from ..protocol.client import as_text
 from ..protocol.models import ReservedJob
 from ..results import TOO_LARGE_MARK, UNENCODABLE_MARK
 from ..signature import FLOW_MARK, Flow, build_job, chain_meta, read_flow, step_job_id, workflow_ttl_ms
@@ -175,9 +176,9 @@ class Flows:
             try:
                 if isinstance(reply, BaseException):
                     raise reply
-                word = _text(reply[0])
+                word = as_text(reply[0])
                 if word == "ERR":
-                    raise RuntimeError(f"fanout_child refused: {[_text(x) for x in reply]}")
+                    raise RuntimeError(f"fanout_child refused: {[as_text(x) for x in reply]}")
                 if word == "FIRE":
                     if _FAULT:
                         fault_point("before_fire")
@@ -208,7 +209,4 @@ def _not_recorded(job: ReservedJob, outcome: Outcome, exc: BaseException) -> Out
     return Outcome(False, outcome.task, f"its workflow step failed, so it runs again: {exc!r}",
                    duration_ms=outcome.duration_ms)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
