@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -338,6 +338,30 @@ def test_purge_of_5000_failed_jobs_goes_in_batches(client: OmniqClient, r: redis
     assert r.hget("{bulk}:stats", "waiting") == "1"
 
 
+def test_purge_leaves_no_job_behind_when_refused_ones_leave_the_lane(client: OmniqClient, r: redis.Redis,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from omniq_tasks.ops.actions import purge
+    from omniq_tasks.protocol.client import job_spec
+
+    client.enqueue_many("busy", [job_spec(json.dumps({**ENVELOPE, "kwargs": {"n": i}}).encode())
+                                 for i in range(250)])
+    leased: list[str] = []
+    remove_batch = client.remove_jobs_batch
+
+    def a_worker_leases_30_first(queue: str, lane: str, ids: list[str]) -> Any:
+        if not leased:  # between reading the first page and removing it: refused ACTIVE, out of idx:wait
+            jobs = client.reserve_batch(queue, 30)
+            assert isinstance(jobs, list)
+            leased.extend(job.job_id for job in jobs)
+        return remove_batch(queue, lane, ids)
+
+    monkeypatch.setattr(client, "remove_jobs_batch", a_worker_leases_30_first)
+    result = purge(client, "busy", "wait")
+    assert result.done == 220 and set(result.refused) <= set(leased)
+    assert set(result.refused.values()) <= {"ACTIVE"}
+    assert r.zcard("{busy}:idx:wait") == 0 and r.llen("{busy}:wait") == 0 and r.zcard("{busy}:active") == 30
+
+
 def test_retry_all_failed_and_by_id(client: OmniqClient, r: redis.Redis, redis_server: RedisServer,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     ids = make_failed(client, "again", 250)
@@ -381,9 +405,16 @@ def test_remove_pause_resume_publish(client: OmniqClient, r: redis.Redis, redis_
     assert r.get("{acts}:g:t1:limit") == "4" and json.loads(job.payload) == {"to": "a@b.c"}
     code, out, _ = cli(capsys, redis_server.url, "publish", "acts", '{"x": 1}')
     assert code == 0 and "published to acts" in out and r.llen("{acts}:wake") >= 1
+    for bad in (["--delay", "inf"], ["--delay", "1e300"], ["--delay", "nan"]):
+        code, _, err = cli(capsys, redis_server.url, "publish", "acts", '{"x": 1}', *bad)
+        assert code == 1 and "delay must be >= 0" in one_error_line(err), bad
+    code, _, err = cli(capsys, redis_server.url, "publish", "acts", '{"x": 1}', "--timeout", "inf")
+    assert code == 2 and "--timeout must be > 0" in one_error_line(err)
     code, _, err = cli(capsys, redis_server.url, "publish", "acts", "not json")
     assert code == 1 and "JSON" in one_error_line(err)
     code, _, err = cli(capsys, redis_server.url, "remove", "acts", "--lane", "active", "x")
+    assert code == 1 and "running jobs cannot be removed" in one_error_line(err)
+    code, _, err = cli(capsys, redis_server.url, "purge", "acts", "--lane", "active")
     assert code == 1 and "running jobs cannot be removed" in one_error_line(err)
     code, _, err = cli(capsys, redis_server.url, "purge", "acts", "--lane", "nope", "--yes")
     assert code == 2 and "invalid choice" in one_error_line(err)

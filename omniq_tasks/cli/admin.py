@@ -27,7 +27,7 @@ from ..protocol.client import OmniqClient
 
 ADMIN_COMMANDS = ("queues", "groups", "jobs", "job", "pause", "resume", "retry", "remove", "purge",
                   "publish", "workers", "stats")
-LANE_CHOICES = ("wait", "active", "delayed", "failed", "completed")
+LANE_CHOICES = keys.LANES
 TABLE_WIDTH = 80
 
 
@@ -195,6 +195,20 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def _listing(args: argparse.Namespace, value: Any, empty: str | None) -> Console | None:
+    """The start of every listing command: with --json, print ``value`` and return None;
+    with ``empty`` (nothing to list), print that line and return None; else the console
+    to print the table on."""
+    if args.json:
+        _print_json(value)
+        return None
+    console = _console()
+    if empty is not None:
+        console.print(Text(empty))
+        return None
+    return console
+
+
 def _table(*columns: str, title: str | None = None, right: Sequence[str] = ()) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title, title_justify="left",
                   show_edge=False, padding=(0, 1, 0, 0))  # with the box's blank divider: 2 between columns
@@ -222,12 +236,8 @@ def cmd_queues(client: OmniqClient, args: argparse.Namespace) -> int:
     from ..ops.queues import queue_rows
 
     rows = queue_rows(client)
-    if args.json:
-        _print_json(rows)
-        return 0
-    console = _console()
-    if not rows:
-        console.print(f"no queues at {client.url}")
+    console = _listing(args, rows, None if rows else f"no queues at {client.url}")
+    if console is None:
         return 0
     now = client.server_now_ms()
     numbers = ("wait", "g.wait", "active", "delay", "failed", "done", "ready")
@@ -263,12 +273,9 @@ def cmd_groups(client: OmniqClient, args: argparse.Namespace) -> int:
             print(f"group {gid} of {queue}: limit {before} -> {limit}{note}")
         return 0
     page = group_page(client, queue, limit=args.limit, offset=args.offset)
-    if args.json:
-        _print_json(page)
-        return 0
-    console = _console()
-    if not page.groups:
-        console.print(f"no groups in {queue}" + (f" from offset {page.offset}" if page.total else ""))
+    empty = f"no groups in {queue}" + (f" from offset {page.offset}" if page.total else "")
+    console = _listing(args, page, None if page.groups else empty)
+    if console is None:
         return 0
     table = _table("gid", "inflight", "limit", "waiting", "ready", right=("inflight", "limit", "waiting"),
                    title=f"groups {page.offset + 1}-{page.offset + len(page.groups)} of {page.total} in {queue}")
@@ -286,12 +293,9 @@ def cmd_jobs(client: OmniqClient, args: argparse.Namespace) -> int:
     queue = _queue_arg(args)
     newest = None if args.order is None else args.order == "newest"
     page = lane_page(client, queue, args.lane, limit=args.limit, offset=args.offset, newest_first=newest)
-    if args.json:
-        _print_json(page)
-        return 0
-    console = _console()
-    if not page.jobs:
-        console.print(f"no jobs in lane {args.lane} of {queue}" + (f" from offset {page.offset}" if page.total else ""))
+    empty = f"no jobs in lane {args.lane} of {queue}" + (f" from offset {page.offset}" if page.total else "")
+    console = _listing(args, page, None if page.jobs else empty)
+    if console is None:
         return 0
     now = client.server_now_ms()
     order = "newest" if page.newest_first else "oldest"
@@ -405,9 +409,10 @@ def cmd_remove(client: OmniqClient, args: argparse.Namespace) -> int:
 
 
 def cmd_purge(client: OmniqClient, args: argparse.Namespace) -> int:
-    from ..ops.actions import purge
+    from ..ops.actions import check_removable, purge
 
     queue = _queue_arg(args)
+    check_removable(args.lane)  # before asking for --yes: the lane active can never be purged
     if not args.yes:
         held = int(client.redis.zcard(keys.idx_key(queue, args.lane)))
         raise UsageError(f"this deletes every job of lane {args.lane} of {queue} ({held} now); "
@@ -420,6 +425,8 @@ def cmd_publish(client: OmniqClient, args: argparse.Namespace) -> int:
 
     queue = _queue_arg(args)
     payload = sys.stdin.read() if args.payload == "-" else args.payload
+    if args.timeout is not None and not 0 < args.timeout < 1e9:  # NaN and inf too
+        raise UsageError(f"--timeout must be > 0 seconds, not {args.timeout}")
     timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
     published = publish(client, queue, payload, gid=args.gid, group_limit=args.group_limit,
                         delay_s=args.delay, job_id=args.job_id, max_attempts=args.max_attempts,
@@ -435,12 +442,9 @@ def cmd_workers(client: OmniqClient, args: argparse.Namespace) -> int:
     from ..ops.workers import live_workers
 
     workers = live_workers(client)
-    if args.json:
-        _print_json(workers)
-        return 0
-    console = _console()
-    if not workers:
-        console.print("no running workers (omniq-tasks workers keep a record while they run)")
+    console = _listing(args, workers, None if workers else
+                       "no running workers (omniq-tasks workers keep a record while they run)")
+    if console is None:
         return 0
     now = int(time.time() * 1000)  # records carry the workers' clocks, as does ours
     table = _table("worker", "app", "queues", "pool", "run", "done", "failed", "up", right=("run", "done", "failed", "up"))

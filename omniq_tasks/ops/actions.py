@@ -20,6 +20,9 @@ from ..protocol.models import BatchItem, Published
 
 # CLI lanes a job can be removed from (a running job cannot: its lease must end first).
 REMOVABLE = ("wait", "delayed", "failed", "completed")
+# The longest delay: its due time (ms) stays below 2**53, an exact integer in the scripts'
+# Lua numbers; a larger one was stored as "1e+303", which no SDK reads back as a time.
+MAX_DELAY_S = 1e12
 
 
 class BulkResult(msgspec.Struct, frozen=True):
@@ -68,7 +71,7 @@ def retry_all_failed(client: OmniqClient, queue: str) -> BulkResult:
 
 def remove(client: OmniqClient, queue: str, lane: str, job_ids: Sequence[str]) -> BulkResult:
     """Delete jobs (and their hashes) from a lane, 100 per call; a running job is refused (ACTIVE)."""
-    _check_removable(lane)
+    check_removable(lane)
     done, calls = 0, 0
     refused: dict[str, str] = {}
     for chunk in _chunks(_unique(job_ids)):
@@ -80,7 +83,7 @@ def remove(client: OmniqClient, queue: str, lane: str, job_ids: Sequence[str]) -
 
 def purge(client: OmniqClient, queue: str, lane: str) -> BulkResult:
     """Delete every job of a lane, 100 per call (remove_jobs_batch), however many there are."""
-    _check_removable(lane)
+    check_removable(lane)
 
     def remove_page(ids: list[str]) -> list[BatchItem]:
         items: list[BatchItem] = []
@@ -96,8 +99,8 @@ def publish(client: OmniqClient, queue: str, payload_json: str | bytes, *, gid: 
             max_attempts: int | None = None, timeout_ms: int | None = None) -> Published:
     """Publish a raw JSON job (an object or array) as any OmniQ producer would; idle
     omniq-tasks workers are woken. ``delay_s`` counts on the Redis server's clock."""
-    if not delay_s >= 0:
-        raise ValueError(f"delay must be >= 0 seconds, not {delay_s!r}")
+    if not 0 <= delay_s < MAX_DELAY_S:  # NaN and inf too (int(inf) raised OverflowError)
+        raise ValueError(f"delay must be >= 0 and < {MAX_DELAY_S:.0e} seconds, not {delay_s!r}")
     due_ms = client.server_now_ms() + int(delay_s * 1000) if delay_s > 0 else 0
     options: dict[str, Any] = {"gid": gid, "group_limit": group_limit, "due_ms": due_ms, "job_id": job_id}
     if max_attempts is not None:
@@ -109,7 +112,8 @@ def publish(client: OmniqClient, queue: str, payload_json: str | bytes, *, gid: 
 
 # -- the shared parts ----------------------------------------------------------------
 
-def _check_removable(lane: str) -> None:
+def check_removable(lane: str) -> None:
+    """Raise ValueError unless jobs can be removed from ``lane`` (saying why not for active)."""
     if lane == "active":
         raise ValueError("running jobs cannot be removed (lane active): pause the queue and let them "
                          "finish, or wait for their lease to end")
@@ -146,7 +150,13 @@ def _by_script_lane(client: OmniqClient, queue: str, lane: str, ids: list[str]) 
 
 
 def _drain(client: OmniqClient, queue: str, lane: str, act: Any) -> BulkResult:
-    """Act on the lane's ids page by page (oldest first) until the lane holds only refused ids."""
+    """Act on the lane's ids page by page (oldest first) until the lane holds only refused ids.
+
+    Each page is read from the start of the mirror, ``len(refused) + MAX_BATCH`` ids wide,
+    and the refused ids are skipped: a refused id may have left the lane meanwhile (a
+    worker leased it: ACTIVE, LANE_MISMATCH), so counting the refused ids to skip them by
+    offset would pass over live ones and leave them behind.
+    """
     keys.validate_queue(queue)
     idx = keys.idx_key(queue, lane)
     with redis_errors(client.url):
@@ -157,8 +167,8 @@ def _drain(client: OmniqClient, queue: str, lane: str, act: Any) -> BulkResult:
     refused: dict[str, str] = {}
     while calls < budget:
         with redis_errors(client.url):
-            page = [as_text(m) for m in client.redis.zrange(idx, len(refused), len(refused) + MAX_BATCH - 1)]
-        page = [job_id for job_id in page if job_id not in refused]
+            window = [as_text(m) for m in client.redis.zrange(idx, 0, len(refused) + MAX_BATCH - 1)]
+        page = [job_id for job_id in window if job_id not in refused][:MAX_BATCH]
         if not page:
             break
         calls += 1

@@ -18,6 +18,7 @@ from ..protocol import keys
 from ..protocol.client import OmniqClient, as_text, redis_errors
 from ..protocol.models import GroupLimitChange
 from .jobs import check_page
+from .queues import ScanCache
 
 SCAN_TTL_S = 30.0
 _PARTS = (":wait", ":inflight", ":limit")
@@ -29,17 +30,14 @@ class GroupFinder:
     def __init__(self, client: OmniqClient, *, ttl_s: float = SCAN_TTL_S, page: int = READ_PAGE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
-        self.ttl_s = ttl_s
         self.page = page
-        self.clock = clock
-        self._found: dict[str, tuple[float, list[str]]] = {}
+        self._cache: ScanCache[list[str]] = ScanCache(ttl_s, clock)
 
     def gids(self, queue: str) -> list[str]:
         """The queue's gids, sorted."""
-        now = self.clock()
-        cached = self._found.get(queue)
-        if cached is not None and now - cached[0] < self.ttl_s:
-            return cached[1]
+        return self._cache.get(queue, lambda: self._scan(queue))
+
+    def _scan(self, queue: str) -> list[str]:
         prefix = keys.queue_base(queue) + ":g:"
         found: set[str] = set()
         with redis_errors(self.client.url):
@@ -49,15 +47,14 @@ class GroupFinder:
                     if key.startswith(prefix) and key.endswith(part) and len(key) > len(prefix) + len(part):
                         found.add(key[len(prefix):-len(part)])
                         break
-        gids = sorted(found)
-        self._found[queue] = (now, gids)
-        return gids
+        return sorted(found)
 
     def invalidate(self, queue: str | None = None) -> None:
+        """Scan ``queue`` (every queue when None) again at its next :meth:`gids`."""
         if queue is None:
-            self._found.clear()
+            self._cache.invalidate()
         else:
-            self._found.pop(queue, None)
+            self._cache.invalidate(queue)
 
 
 class GroupRow(msgspec.Struct, frozen=True):

@@ -53,7 +53,7 @@ class JobRow(msgspec.Struct, frozen=True):
     attempt: int
     max_attempts: int
     task: str
-    last_error: str  # its first line, at most 200 chars
+    last_error: str  # its last line (a traceback's exception line), at most 200 chars
     due_ms: Optional[int] = None
     lock_until_ms: Optional[int] = None
 

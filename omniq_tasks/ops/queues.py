@@ -11,7 +11,7 @@ Each row is the queue's ``{Q}:stats`` hash and pause flag (``OmniqClient.stats``
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Generic, Hashable, TypeVar
 
 import msgspec
 
@@ -21,6 +21,40 @@ from ..protocol.client import OmniqClient, redis_errors
 from .workers import WorkerInfo, announced_queues, live_workers
 
 SCAN_TTL_S = 60.0
+T = TypeVar("T")
+
+
+class ScanCache(Generic[T]):
+    """What a paged SCAN found, per key (a queue's groups, or all queues: key None), served
+    again for ``ttl_s`` seconds so that a page refreshed every second does not walk the
+    keyspace every second (QueueFinder, GroupFinder)."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._found: dict[Hashable, tuple[float, T]] = {}
+        self.scans = 0  # how many scans were made (tests, the dashboard's status)
+
+    def get(self, key: Hashable, scan: Callable[[], T]) -> T:
+        """The value ``scan()`` gave for ``key``, scanning again when it is ``ttl_s`` old."""
+        now = self.clock()
+        found = self._found.get(key)
+        if found is None or now - found[0] >= self.ttl_s:
+            found = self._found[key] = (now, scan())
+            self.scans += 1
+        return found[1]
+
+    def cached(self, key: Hashable) -> T | None:
+        """What the last scan for ``key`` found, however old; None before the first."""
+        found = self._found.get(key)
+        return None if found is None else found[1]
+
+    def invalidate(self, key: Hashable = ...) -> None:
+        """Scan ``key`` again at its next :meth:`get` (every key when none is given)."""
+        if key is ...:
+            self._found.clear()
+        else:
+            self._found.pop(key, None)
 
 
 class QueueFinder:
@@ -29,29 +63,28 @@ class QueueFinder:
     def __init__(self, client: OmniqClient, *, ttl_s: float = SCAN_TTL_S, page: int = READ_PAGE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
-        self.ttl_s = ttl_s
         self.page = page
-        self.clock = clock
-        self._scanned: set[str] = set()
-        self._scanned_at: float | None = None
-        self.scans = 0  # how many full scans were made (tests, the dashboard's status)
+        self._cache: ScanCache[set[str]] = ScanCache(ttl_s, clock)
+
+    @property
+    def scans(self) -> int:
+        """How many full scans were made."""
+        return self._cache.scans
 
     def scanned(self) -> set[str]:
         """The queues the last scan found, scanning again when it is older than ``ttl_s``."""
-        now = self.clock()
-        if self._scanned_at is None or now - self._scanned_at >= self.ttl_s:
-            self._scanned = set(self.client.iter_queues(page=self.page))
-            self._scanned_at = now
-            self.scans += 1
-        return set(self._scanned)
+        return set(self._cache.get(None, lambda: set(self.client.iter_queues(page=self.page))))
 
     def add(self, queue: str) -> None:
-        """Remember a queue this process touched (published to), before the next scan."""
-        self._scanned.add(keys.validate_queue(queue))
+        """Remember a queue this process touched (published to), before the next scan finds it."""
+        keys.validate_queue(queue)
+        found = self._cache.cached(None)
+        if found is not None:  # before the first scan there is nothing to add to: it will find it
+            found.add(queue)
 
     def invalidate(self) -> None:
         """Scan again at the next call."""
-        self._scanned_at = None
+        self._cache.invalidate()
 
     def names(self, workers: list[WorkerInfo] | None = None) -> list[str]:
         """Every known queue, sorted: scanned ones and those ``workers`` serve."""
