@@ -117,6 +117,11 @@ def test_a_queue_fed_by_the_official_sdk_shows(r: redis.Redis, redis_server: Red
     groups = json.loads(run(redis_server.url, "groups", "from-go-like-sdk", "--json").stdout)
     assert groups["groups"] == [{"gid": "tenant-1", "inflight": 0, "limit": 3, "limit_set": 3, "waiting": 1,
                                  "ready": True}]
+    # a gid our publisher would refuse (a space), written by another SDK: listed, not an error
+    sdk.publish(queue="from-go-like-sdk", payload={"hello": "odd"}, job_id="sdk-3", gid="tenant 2")
+    odd = run(redis_server.url, "groups", "from-go-like-sdk", "--json")
+    assert odd.returncode == 0, odd.stderr
+    assert [g["gid"] for g in json.loads(odd.stdout)["groups"]] == ["tenant 2", "tenant-1"]
 
 
 def test_queue_discovery_scans_once_per_ttl(client: OmniqClient, r: redis.Redis) -> None:

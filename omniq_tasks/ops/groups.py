@@ -99,9 +99,9 @@ def group_page(client: OmniqClient, queue: str, *, limit: int = 50, offset: int 
         with redis_errors(client.url):
             pipe = client.redis.pipeline(transaction=False)
             for gid in page:
-                pipe.get(keys.group_key(queue, gid, "inflight"))
-                pipe.get(keys.group_key(queue, gid, "limit"))
-                pipe.llen(keys.group_key(queue, gid, "wait"))
+                pipe.get(keys.group_key(queue, gid, "inflight", found=True))
+                pipe.get(keys.group_key(queue, gid, "limit", found=True))
+                pipe.llen(keys.group_key(queue, gid, "wait", found=True))
                 pipe.zscore(ready_key, gid)
             replies = pipe.execute()
         for n, gid in enumerate(page):

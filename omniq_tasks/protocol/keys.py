@@ -120,11 +120,15 @@ def worker_key(worker_id: str) -> str:
     return "{omniq-tasks}:worker:" + worker_id
 
 
-def group_key(queue: str, gid: str, part: str) -> str:
-    """``{Q}:g:<gid>:<part>``: a group's wait list, inflight counter or limit."""
+def group_key(queue: str, gid: str, part: str, *, found: bool = False) -> str:
+    """``{Q}:g:<gid>:<part>``: a group's wait list, inflight counter or limit.
+
+    ``found``: the gid was read from Redis (a scan of ``{Q}:g:*``), where another
+    SDK may have written one our publisher would refuse; it is used as it is.
+    """
     if part not in ("wait", "inflight", "limit"):
         raise ValueError(f"group key part must be wait, inflight or limit, got {part!r}")
-    return f"{queue_base(queue)}:g:{validate_gid(gid)}:{part}"
+    return f"{queue_base(queue)}:g:{gid if found else validate_gid(gid)}:{part}"
 
 
 def group_pattern(queue: str) -> str:
