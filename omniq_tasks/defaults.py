@@ -49,10 +49,13 @@ MAINTENANCE_LIMIT = 1000
 READ_PAGE = 1000
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``, else TypeError/ValueError."""
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum`` (and at most
+    ``maximum``), else TypeError/ValueError."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value

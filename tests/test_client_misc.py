@@ -150,6 +150,15 @@ def test_client_refuses_other_connection_objects(bad) -> None:
         OmniqClient(bad)
 
 
+def test_due_ms_past_year_9999_is_refused_before_redis() -> None:
+    from omniq_tasks.defaults import MAX_DUE_MS
+    from omniq_tasks.protocol.client import job_spec
+
+    assert job_spec(b"{}", due_ms=MAX_DUE_MS).due_ms == MAX_DUE_MS
+    with pytest.raises(ValueError, match="due_ms must be <="):
+        job_spec(b"{}", due_ms=10**18)  # Lua would keep it as 1e+18, which no SDK reads as a time
+
+
 def test_max_payload_bytes_is_checked() -> None:
     with pytest.raises(ValueError):
         OmniqClient("redis://127.0.0.1:1/0", max_payload_bytes=1)

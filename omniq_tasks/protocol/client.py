@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 
 from . import keys
 from ..defaults import (
-    BACKOFF_MS, MAINTENANCE_LIMIT, MAX_ATTEMPTS, MAX_CALL_JOBS, MAX_PAYLOAD_BYTES, READ_PAGE, REDIS_URL,
+    BACKOFF_MS, MAINTENANCE_LIMIT, MAX_ATTEMPTS, MAX_CALL_JOBS, MAX_DUE_MS, MAX_PAYLOAD_BYTES, READ_PAGE, REDIS_URL,
     TIMEOUT_MS, WAKE_CAP, check_int,
 )
 from .ids import new_job_id
@@ -272,7 +272,7 @@ def job_spec(
         max_attempts=check_int("max_attempts", max_attempts, 1),
         timeout_ms=check_int("timeout_ms", timeout_ms, 1),
         backoff_ms=check_int("backoff_ms", backoff_ms, 0),
-        due_ms=check_int("due_ms", due_ms, 0),
+        due_ms=check_int("due_ms", due_ms, 0, MAX_DUE_MS),  # Lua numbers stay exact up to there
         gid=keys.validate_gid(gid) if gid is not None else "",
         group_limit=check_int("group_limit", group_limit, 0),
     )
