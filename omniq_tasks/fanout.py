@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Sequence, Ty
 
 import msgspec
 
+from .defaults import MAX_CALL_JOBS
 from .errors import TaskArgumentError
 from .middleware import run_before_publish
 from .protocol import keys
@@ -148,7 +149,11 @@ def start_fanout(app: App, children: Sequence[Signature[Any]], then: Signature[A
         client.redis.zrem(keys.FANOUT_INDEX, key)
     if not published:
         for queue, queued in by_queue.items():
-            client.enqueue_many(queue, queued, wake_cap=app.wake_cap, once=(key, ttl_ms))
+            for start in range(0, len(queued), MAX_CALL_JOBS):
+                if start:  # a long publish: tell the sweepers it is still going
+                    client.fanout_mark(key, "progress_ms", str(now_ms()))
+                client.enqueue_many(queue, queued[start:start + MAX_CALL_JOBS], wake_cap=app.wake_cap,
+                                    once=(key, ttl_ms))
         client.fanout_mark(key, "published", "1")
     if opened and not children:  # nothing to wait for
         fire_callback(client, key, then_json, error_json, 0, app.registry.get, app.wake_cap, ttl_ms)

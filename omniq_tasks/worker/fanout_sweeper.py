@@ -12,8 +12,8 @@ growing intervals). For each one:
   that failed for good without being counted (failed by the reaper after its
   worker died, or by another SDK) is counted as failed with its last error; one
   completed (acked by another SDK) as done with its kept result; one whose job is
-  gone (removed, or never published because its publisher stopped half-way) as
-  failed. Running and waiting children are left alone.
+  gone (removed, or never published because its publisher stopped half-way: no
+  progress noted for ``workflow_sweep``) as failed. Running and waiting children are left alone.
 
 Two workers sweeping the same fan-out at once count nothing twice (the counter
 keeps child ids) and publish the callback once.
@@ -97,9 +97,10 @@ class FanoutSweeper:
         client = self.app.client
         n = int(info.get("n") or 0)
         queues = json.loads(info.get("queues") or "[]")
-        created = int(info.get("created_ms") or now_ms)
-        # a publisher that stopped half-way will not publish the rest
-        published = info.get("published") == "1" or now_ms - created > self.app.workflow_sweep * 1000
+        # A publisher that stopped half-way will not publish the rest: after workflow_sweep
+        # without a sign of progress (it notes progress_ms every 1,000 children).
+        last_sign = max(int(info.get("created_ms") or now_ms), int(info.get("progress_ms") or 0))
+        published = info.get("published") == "1" or now_ms - last_sign > self.app.workflow_sweep * 1000
         done_key = keys.fanout_key(key, "done")
         calls = []
         for start in range(0, n, MAX_CALL_JOBS):
