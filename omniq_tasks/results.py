@@ -38,6 +38,11 @@ TOO_LARGE_MARK = b"!too-large:"
 UNENCODABLE_MARK = b"!unencodable:"
 
 
+def result_json(data: bytes) -> bytes:
+    """A kept result's JSON; b"" for a mark (a value the worker could not keep)."""
+    return b"" if data.startswith(b"!") else data
+
+
 class JobStatus(str, enum.Enum):
     """Where a job stands. The values are the protocol's ``state`` words, so
     ``handle.status() == "wait"`` holds for ``JobStatus.WAITING``."""

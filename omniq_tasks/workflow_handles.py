@@ -111,7 +111,10 @@ class FanoutHandle:
     def callback(self) -> JobHandle | None:
         """The handle of the callback that was (or will be) published: ``on_error`` when a
         child failed and there is one, else ``then``; None without a callback (or once gone)."""
-        info = self.info()
+        return self._callback_of(self.info())
+
+    def _callback_of(self, info: dict[str, str]) -> JobHandle | None:
+        """callback() for a record read already."""
         chosen = info.get("on_error") if int(info.get("failed") or 0) and info.get("on_error") else info.get("then")
         if not chosen:
             return None
@@ -130,7 +133,7 @@ class FanoutHandle:
             return JobStatus.UNKNOWN
         if state != "fired":
             return JobStatus.ACTIVE
-        callback = self.callback()
+        callback = self._callback_of(info)
         return callback.status() if callback is not None else JobStatus.COMPLETED
 
     def ready(self) -> bool:
@@ -149,7 +152,8 @@ class FanoutHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _FIRST_PAUSE_S
         while True:
-            state = self.info().get("state")
+            info = self.info()
+            state = info.get("state")
             if state == "fired" or state is None:
                 break
             left = _remaining(deadline)
@@ -159,7 +163,7 @@ class FanoutHandle:
             pause = min(pause * 2, _MAX_PAUSE_S)
         if state is None:
             raise ResultMissingError(f"fan-out {self.key} is gone: its TTL passed, or it never opened")
-        callback = self.callback()
+        callback = self._callback_of(info)
         if callback is None:
             return self.results()
         return callback.get(_remaining(deadline))

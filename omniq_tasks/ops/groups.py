@@ -9,7 +9,7 @@ key stays once set). Each page is then read in one pipelined round trip.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import msgspec
 
@@ -17,7 +17,7 @@ from ..defaults import READ_PAGE
 from ..protocol import keys
 from ..protocol.client import OmniqClient, as_text, redis_errors
 from ..protocol.models import GroupLimitChange
-from .jobs import check_page
+from .jobs import check_page, read_int
 from .queues import ScanCache
 
 SCAN_TTL_S = 30.0
@@ -77,15 +77,6 @@ class GroupPage(msgspec.Struct, frozen=True):
     groups: list[GroupRow]
 
 
-def _int(value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(float(as_text(value)))
-    except (ValueError, OverflowError):
-        return None
-
-
 def group_page(client: OmniqClient, queue: str, *, limit: int = 50, offset: int = 0,
                finder: GroupFinder | None = None) -> GroupPage:
     """Groups ``offset`` .. ``offset + limit - 1`` of the queue, by gid."""
@@ -106,8 +97,8 @@ def group_page(client: OmniqClient, queue: str, *, limit: int = 50, offset: int 
             replies = pipe.execute()
         for n, gid in enumerate(page):
             inflight, stored, waiting, ready = replies[n * 4:n * 4 + 4]
-            limit_set = _int(stored)
-            rows.append(GroupRow(gid=gid, inflight=_int(inflight) or 0,
+            limit_set = read_int(stored)
+            rows.append(GroupRow(gid=gid, inflight=read_int(inflight) or 0,
                                  limit=limit_set if limit_set and limit_set > 0 else 1,
                                  limit_set=limit_set, waiting=int(waiting), ready=ready is not None))
     return GroupPage(queue=queue, total=len(gids), offset=offset, limit=limit, groups=rows)

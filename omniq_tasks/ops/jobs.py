@@ -27,9 +27,13 @@ TIME_FIELDS = ("created_ms", "updated_ms", "queued_ms", "first_started_ms", "las
                "completed_ms", "failed_ms", "due_ms", "lock_until_ms", "last_error_ms")
 
 
-def _int(value: str) -> Optional[int]:
+def read_int(value: Any) -> Optional[int]:
+    """A number field as another client may have written it ("12", "12.0", b"12"); None when
+    missing, empty or unreadable."""
+    if value is None:
+        return None
     try:
-        return int(float(value)) if value else None
+        return int(float(as_text(value)))
     except (ValueError, OverflowError):
         return None
 
@@ -104,10 +108,10 @@ def lane_page(client: OmniqClient, queue: str, lane: str, *, limit: int = 20, of
         f = dict(zip(_ROW_FIELDS, (as_text(v) for v in values)))
         error = f["last_error"].strip().splitlines()
         rows.append(JobRow(id=job_id, entered_ms=entered, state=f["state"], gid=f["gid"],
-                           attempt=_int(f["attempt"]) or 0, max_attempts=_int(f["max_attempts"]) or 0,
+                           attempt=read_int(f["attempt"]) or 0, max_attempts=read_int(f["max_attempts"]) or 0,
                            task=task_name(f["payload"]) if f["payload"] else "",
                            last_error=error[-1][:200] if error else "",
-                           due_ms=_int(f["due_ms"]), lock_until_ms=_int(f["lock_until_ms"])))
+                           due_ms=read_int(f["due_ms"]), lock_until_ms=read_int(f["lock_until_ms"])))
     return LanePage(queue=queue, lane=lane, total=int(total), offset=offset, limit=limit,
                     newest_first=newest, jobs=rows)
 
@@ -159,7 +163,7 @@ def job_detail(client: OmniqClient, queue: str, job_id: str) -> JobDetail | None
         pretty = json.dumps(payload, indent=2, ensure_ascii=False)
     except ValueError:
         payload, pretty = None, payload_text
-    times = [TimeRow(name, ms, utc(ms)) for name in TIME_FIELDS if (ms := _int(fields.get(name, "")))]
+    times = [TimeRow(name, ms, utc(ms)) for name in TIME_FIELDS if (ms := read_int(fields.get(name, "")))]
     t = {row.field: row.ms for row in times}
     spans: list[tuple[str, str, str]] = [
         ("waited before first start", "queued_ms", "first_started_ms"),

@@ -30,6 +30,7 @@ from ..fanout import MAX_SWEEP_MS, child_entry, fire_callback
 from ..defaults import MAX_CALL_JOBS
 from ..protocol import keys
 from ..protocol.client import as_text
+from ..results import result_json
 from ..signature import step_job_id, workflow_ttl_ms
 
 if TYPE_CHECKING:
@@ -153,6 +154,6 @@ def _entry_for(state: Any, error: Any, payload: Any, result: Any) -> bytes | Non
     if state == "failed":
         return child_entry(False, task, as_text(error or "") or "failed (no error kept)")
     data = result if isinstance(result, bytes) else (result or "").encode()
-    return child_entry(True, task, b"" if data.startswith(b"!") else data)
+    return child_entry(True, task, result_json(data))
 
 

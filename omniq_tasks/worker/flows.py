@@ -31,7 +31,7 @@ from ..fanout import child_entry, fire_callback
 from ..outcome import Outcome
 from ..protocol.client import as_text
 from ..protocol.models import ReservedJob
-from ..results import TOO_LARGE_MARK, UNENCODABLE_MARK
+from ..results import result_json
 from ..signature import FLOW_MARK, Flow, build_job, chain_meta, read_flow, step_job_id, workflow_ttl_ms
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Flows:
             return outcome
         app = self.app
         spec = step.rest[0]
-        value = outcome.result if outcome.result and not outcome.result.startswith(b"!") else b"null"
+        value = result_json(outcome.result) or b"null"
         try:
             next_job = build_job(spec, app.registry.get(spec.task), value if spec.first else None,
                                  step_job_id(step.id, step.i + 1), chain_meta(step.id, step.i + 1, step.rest[1:]),
@@ -194,10 +194,8 @@ class Flows:
 def _entry(outcome: Outcome) -> bytes:
     if not outcome.ok:
         return child_entry(False, outcome.task, outcome.error)
-    result = outcome.result
-    if result.startswith(TOO_LARGE_MARK) or result.startswith(UNENCODABLE_MARK):
-        result = b""  # the child succeeded; its value could not be kept
-    return child_entry(True, outcome.task, result)
+    # a mark: the child succeeded, its value could not be kept
+    return child_entry(True, outcome.task, result_json(outcome.result))
 
 
 def _not_recorded(job: ReservedJob, outcome: Outcome, exc: BaseException) -> Outcome:
